@@ -1,0 +1,122 @@
+"""The ``caml-rl`` command. Thin: parses, validates, calls the Python API.
+
+Every user error (bad config, bad value, missing run, damaged checkpoint) ends in one line on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .checkpoint import CheckpointError, atomic_write_json
+from .config import ConfigError, load_config
+from .partition import PartitionError
+
+USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNotFoundError)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train a policy (default: CAML on 2D navigation)")
+    p.add_argument("config", nargs="?", help="YAML config (see experiments/configs/); defaults if omitted")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)")
+    p.add_argument("--out", help="run directory (default: runs/<env>_<partition>_<time>)")
+    p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    p.add_argument("--device", help="shortcut for --set device=D (cpu, cuda, auto)")
+    p.add_argument("--iterations", type=int, help="shortcut for --set iterations=N (also extends a resumed run)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="return before and after 1..k inner steps on new tasks")
+    p.add_argument("run_dir")
+    p.add_argument("--tasks", type=int, help="number of new test tasks (default: config's evaluation.tasks)")
+    p.add_argument("--steps", type=int, help="inner steps k (default: evaluation.steps)")
+    p.add_argument("--episodes", type=int, help="episodes per task and step (default: evaluation.episodes)")
+    p.add_argument("--seed", type=int, help="seed of the test tasks (default: the run's seed)")
+    p.add_argument("--inner-lr", type=float, help="inner step size (default: the run's)")
+    p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
+    p.add_argument("--out", help="where to write the JSON (default: RUN_DIR/eval.json)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .trainer import Trainer
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ConfigError("--resume takes its config from the run; only --iterations may change it")
+        trainer = Trainer.resume(args.resume, iterations=args.iterations)
+        print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
+    else:
+        overrides = list(args.overrides)
+        for key in ("seed", "device", "iterations"):
+            if getattr(args, key) is not None:
+                overrides.append(f"{key}={getattr(args, key)}")
+        config = load_config(args.config, overrides)
+        out = args.out or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_" + \
+            datetime.now().strftime("%Y%m%d-%H%M%S")
+        if (Path(out) / "checkpoints").is_dir() and any((Path(out) / "checkpoints").iterdir()):
+            raise ConfigError(f"run directory {out!r} already has checkpoints; use --resume {out} or another --out")
+        trainer = Trainer(config, out)
+        print(f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
+              f"{config.iterations} iterations -> {out}")
+    trainer.train(evaluate_at_end=not args.no_eval)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .runs import load_run
+
+    run = load_run(args.run_dir, args.checkpoint)
+    for key in ("tasks", "steps", "episodes"):
+        value = getattr(args, key)
+        if value is not None and value < (2 if key == "tasks" else 0 if key == "steps" else 1):
+            raise ConfigError(f"--{key} {value} is out of range; allowed: "
+                              + {"tasks": ">= 2", "steps": ">= 0", "episodes": ">= 1"}[key])
+    result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    atomic_write_json(out, result.to_dict())
+    print(f"{result.env} (adapt={result.adapt}), iteration {result.iteration}, {result.num_tasks} new tasks "
+          f"x {result.episodes_per_task} episodes, seed {result.seed}:")
+    print(result.table())
+    print(f"wrote {out}")
+
+
+def cmd_envs(args: argparse.Namespace) -> None:
+    from caml_rl import envs
+
+    for name, factory in sorted(envs.registered().items()):
+        try:
+            dist = factory()
+            settings = ", ".join(f"{k}={v}" for k, v in dist.settings().items())
+            tasks = ", ".join(dist.task_names)
+            print(f"{name}\n    tasks: {tasks}\n    settings: {settings}")
+        except Exception as exc:  # an optional dependency may be missing
+            print(f"{name}\n    unavailable: {str(exc).splitlines()[0]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caml-rl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    sub.add_parser("envs", help="list the registered task distributions and their settings")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"caml-rl: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("caml-rl: interrupted; resume with `caml-rl train --resume RUN_DIR`", file=sys.stderr)
+        sys.exit(130)

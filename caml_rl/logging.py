@@ -1,0 +1,72 @@
+"""Training logs: SB3's logger (CSV + TensorBoard) plus one readable line per iteration.
+
+Column names say what they measure (see README, "Metrics"); a resumed run keeps the rows up to
+its checkpoint and continues the same CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
+
+
+class ResumableCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV writer, but keeping the existing rows with ``iteration <= keep_until``."""
+
+    def __init__(self, filename: str, keep_until: int | None = None):
+        rows, header = [], []
+        path = Path(filename)
+        if keep_until is not None and path.is_file():
+            with path.open() as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                rows = [r for r in reader if r.get("iteration") and float(r["iteration"]) <= keep_until]
+        super().__init__(filename)
+        if header:
+            writer = csv.DictWriter(self.file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+            self.file.flush()
+            self.keys = header
+
+
+def make_logger(run_dir: Path, keep_until: int | None = None) -> Logger:
+    """CSV at ``RUN_DIR/progress.csv`` and TensorBoard events under ``RUN_DIR/tb``."""
+    run_dir = Path(run_dir)
+    outputs = [
+        ResumableCSVOutputFormat(str(run_dir / "progress.csv"), keep_until),
+        TensorBoardOutputFormat(str(run_dir / "tb")),
+    ]
+    return Logger(str(run_dir), outputs)
+
+
+class ProgressLine:
+    """``iter 12/150 | return before -25.3 after -18.2 | kl 0.0071 accepted | 1.2 s/it | ETA 2m30s``."""
+
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None):
+        self.total, self.start, self.stream = total, start, stream or sys.stdout
+        self.t0 = time.perf_counter()
+
+    def update(self, iteration: int, metrics: dict[str, Any]) -> None:
+        done = iteration - self.start
+        per_it = (time.perf_counter() - self.t0) / max(done, 1)
+        eta = per_it * (self.total - iteration)
+        status = "accepted" if metrics["trpo/accepted"] else f"rejected ({metrics['trpo/reason']})"
+        print(
+            f"iter {iteration:>4}/{self.total} | return before {metrics['return/before_adaptation']:8.2f}"
+            f" after {metrics['return/after_adaptation']:8.2f} | kl {metrics['trpo/kl']:.4f} {status}"
+            f" | {per_it:5.2f} s/it | ETA {_fmt(eta)}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,111 @@
+"""The meta-update: TRPO on the shared parameters, differentiated through the inner step.
+
+The outer loss is the importance-weighted surrogate of the *adapted* policy on the
+post-adaptation episodes, averaged over tasks; the trust region is the mean KL over tasks
+between the policy that sampled those episodes and the candidate, re-adapted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import kl_divergence
+
+from .adaptation import adapt, masked_task_mean
+from .config import AdaptationConfig, TRPOConfig
+from .episodes import Episodes
+from .partition import FastWeights, detach_offset, initial_fast_weights, policy_forward
+from .policies import ContextMLPPolicy
+from .trpo import TRPOStats, trpo_step
+
+
+@dataclass
+class MetaBatch:
+    """Everything one meta-update needs, per task: episodes and advantages before and after."""
+
+    pre: Episodes
+    pre_adv: torch.Tensor
+    post: Episodes
+    post_adv: torch.Tensor
+
+
+def _subsample_episodes(
+    ep: Episodes, params: tuple[torch.Tensor, ...], fraction: float, gen: torch.Generator
+) -> tuple[Episodes, tuple[torch.Tensor, ...]]:
+    """The same random subset of episode slots for every task (keeps the batch layout)."""
+    n = ep.rewards.shape[2]
+    k = max(1, round(n * fraction))
+    if k >= n:
+        return ep, params
+    idx = torch.randperm(n, generator=gen, device=gen.device)[:k].to(ep.obs.device)
+    sub = Episodes(ep.obs[:, :, idx], ep.actions[:, :, idx], ep.rewards[:, :, idx], ep.mask[:, :, idx])
+    return sub, tuple(p[:, :, idx] for p in params)
+
+
+def meta_update(
+    policy: ContextMLPPolicy,
+    names: tuple[str, ...],
+    batch: MetaBatch,
+    adapt_cfg: AdaptationConfig,
+    trpo_cfg: TRPOConfig,
+    generator: torch.Generator,
+) -> TRPOStats:
+    """One TRPO step on ``policy``'s parameters (in place), or none if the step is rejected."""
+    params = list(policy.parameters())
+    num_tasks, post = batch.pre.num_tasks, batch.post
+
+    def adapted(create_graph: bool) -> tuple[FastWeights, FastWeights]:
+        start = initial_fast_weights(policy, names, num_tasks)
+        fast = adapt(
+            policy, start, batch.pre, batch.pre_adv, adapt_cfg.inner_lr, adapt_cfg.inner_steps, create_graph
+        )
+        return start, fast
+
+    def surrogate(params_out: tuple[torch.Tensor, ...], old_logp: torch.Tensor) -> torch.Tensor:
+        logp = policy.distribution(params_out).log_prob(post.actions)
+        ratio = torch.exp(logp - old_logp)
+        return -masked_task_mean(ratio * batch.post_adv, post.mask).mean()
+
+    def mean_kl(ep: Episodes, old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        kl = kl_divergence(policy.distribution(old), policy.distribution(new))
+        return masked_task_mean(kl, ep.mask).mean()
+
+    # Meta-gradient: second order through the inner step unless first_order is set.
+    start, fast = adapted(create_graph=not adapt_cfg.first_order)
+    out = policy_forward(policy, post.obs, fast)
+    old_out = tuple(o.detach() for o in out)
+    old_logp = policy.distribution(old_out).log_prob(post.actions)
+    loss = surrogate(out, old_logp)
+
+    # Fisher metric: Hessian of the KL, built once and reused across conjugate-gradient steps.
+    kl_ep, kl_old = _subsample_episodes(post, old_out, trpo_cfg.fvp_subsample, generator)
+    if trpo_cfg.fisher == "fixed":
+        kl_fast = detach_offset(start, fast)  # the adaptation step held constant
+    else:
+        kl_fast = adapted(create_graph=True)[1]
+    kl = mean_kl(kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
+    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).detach()
+
+    def evaluate() -> tuple[float, float]:
+        with torch.enable_grad():  # the inner step needs gradients even inside the line search
+            _, new_fast = adapted(create_graph=False)
+        with torch.no_grad():
+            new_out = policy_forward(policy, post.obs, new_fast)
+            return float(surrogate(new_out, old_logp)), float(mean_kl(post, old_out, new_out))
+
+    return trpo_step(
+        params,
+        loss,
+        fvp,
+        evaluate,
+        max_kl=trpo_cfg.max_kl,
+        cg_iters=trpo_cfg.cg_iters,
+        cg_damping=trpo_cfg.cg_damping,
+        ls_steps=trpo_cfg.ls_steps,
+        ls_backtrack=trpo_cfg.ls_backtrack,
+    )

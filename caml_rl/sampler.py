@@ -1,0 +1,70 @@
+"""Runs a policy in one batched env: every task's episodes in one vectorised pass.
+
+One policy forward per time step for the whole ``tasks x episodes`` batch; the env steps on
+its own device (pure-torch envs on the policy's device, MuJoCo on CPU threads).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from caml_rl.envs.base import BatchedEnv, TaskDistribution
+
+from .episodes import Episodes
+from .partition import FastWeights, policy_forward
+from .policies import ContextMLPPolicy
+
+
+class Sampler:
+    """Owns the batched env for ``num_tasks x episodes_per_task`` simulations."""
+
+    def __init__(
+        self, distribution: TaskDistribution, num_tasks: int, episodes_per_task: int, device: torch.device
+    ):
+        self.distribution = distribution
+        self.num_tasks, self.episodes_per_task = num_tasks, episodes_per_task
+        self.device = torch.device(device)
+        self.env: BatchedEnv = distribution.make_vec_env(num_tasks * episodes_per_task, self.device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        policy: ContextMLPPolicy,
+        tasks: np.ndarray,
+        fast: FastWeights,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        deterministic: bool = False,
+    ) -> Episodes:
+        """Roll out ``horizon`` steps of one episode per env, for ``tasks: [num_tasks, task_dim]``."""
+        n_t, n_e, horizon = self.num_tasks, self.episodes_per_task, self.distribution.horizon
+        if tasks.shape[0] != n_t:
+            raise ValueError(f"sampler built for {n_t} tasks, got {tasks.shape[0]}")
+        fast = {k: v.detach() for k, v in fast.items()}
+        obs = self.env.reset(np.repeat(tasks, n_e, axis=0), rng).to(self.device)
+        obs_buf = torch.zeros(horizon, n_t, n_e, obs.shape[-1], device=self.device)
+        act_buf: torch.Tensor | None = None
+        rew_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
+        mask_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
+        alive = torch.ones(n_t, n_e, dtype=torch.bool, device=self.device)
+        for t in range(horizon):
+            obs = obs.view(1, n_t, n_e, -1)
+            params = policy_forward(policy, obs, fast)
+            action = policy.mode(params, policy.discrete) if deterministic else policy.sample(params, generator)
+            if act_buf is None:
+                act_buf = torch.zeros(horizon, *action.shape[1:], dtype=action.dtype, device=self.device)
+            alive_f = alive.to(obs.dtype)
+            obs_buf[t] = obs[0] * alive_f[..., None]
+            act_buf[t] = action[0] * (alive_f[..., None] if action.dim() == 4 else alive)
+            mask_buf[t] = alive_f
+            next_obs, reward, terminated = self.env.step(action.reshape(n_t * n_e, *action.shape[3:]))
+            rew_buf[t] = reward.to(self.device).view(n_t, n_e) * alive_f
+            alive = alive & ~terminated.to(self.device).view(n_t, n_e)
+            obs = next_obs.to(self.device)
+            if not alive.any():
+                break
+        return Episodes(obs_buf, act_buf, rew_buf, mask_buf)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,227 @@
+"""The meta-training loop. Read top to bottom: sample tasks, sample episodes with a zero
+context, adapt, sample again with the adapted context, take a TRPO step, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from caml_rl import envs
+
+from .adaptation import adapt, advantages
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import Config, ConfigError, from_dict
+from .evaluation import EvalResult, evaluate
+from .logging import ProgressLine, make_logger
+from .meta import MetaBatch, meta_update
+from .partition import initial_fast_weights, resolve_partition
+from .policies import make_policy
+from .sampler import Sampler
+from .seeding import TRAIN_STREAM, make_streams
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available; asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key device={name!r} but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+def library_versions() -> dict[str, str]:
+    import gymnasium
+    import mujoco
+    import numpy
+    import stable_baselines3
+
+    from . import __version__
+
+    return {
+        "caml_rl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+    }
+
+
+class Trainer:
+    """Meta-trains one policy; ``Trainer.resume(run_dir)`` continues an interrupted run."""
+
+    def __init__(self, config: Config, run_dir: str | Path):
+        config.validate()
+        self.config, self.run_dir = config, Path(run_dir)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.device = resolve_device(config.device)
+        self.distribution = envs.make(config.env.name, **config.env.settings)
+        config.env.settings = self.distribution.settings()  # record every setting, defaults included
+        torch.manual_seed(config.seed)  # weight initialisation
+        space = self.distribution.observation_space
+        self.policy = make_policy(config.policy, space, self.distribution.action_space).to(self.device)
+        self.partition = resolve_partition(self.policy, config.adaptation.partition)
+        self.streams = make_streams(config.seed, TRAIN_STREAM, self.device)
+        self.iteration, self.env_steps, self.wall_time = 0, 0, 0.0
+        self.sampler: Sampler | None = None
+
+    # ----------------------------------------------------------------- persistence
+    @classmethod
+    def resume(cls, run_dir: str | Path, iterations: int | None = None) -> Trainer:
+        """Rebuild a trainer from a run directory's newest checkpoint."""
+        payload = load_checkpoint(latest_checkpoint(Path(run_dir)))
+        config = from_dict(Config, payload["config"])
+        if iterations is not None:
+            config.iterations = iterations
+        trainer = cls(config, run_dir)
+        trainer.load_state(payload)
+        return trainer
+
+    def load_state(self, payload: dict[str, Any]) -> None:
+        try:
+            self.policy.load_state_dict(payload["policy"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not fit this config's policy: {str(exc).splitlines()[0]}") from None
+        self.streams.load_state(payload["rng"])
+        self.iteration = int(payload["iteration"])
+        self.env_steps = int(payload.get("env_steps", 0))
+        self.wall_time = float(payload.get("wall_time", 0.0))
+
+    def save(self) -> Path:
+        path = checkpoint_path(self.run_dir, self.iteration)
+        save_checkpoint(
+            path,
+            {
+                "iteration": self.iteration,
+                "config": self.config.to_dict(),
+                "policy": self.policy.state_dict(),
+                "rng": self.streams.state(),
+                "env_steps": self.env_steps,
+                "wall_time": self.wall_time,
+            },
+        )
+        return path
+
+    def write_run_record(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        record = {
+            "env": self.config.env.name,
+            "env_settings": self.distribution.settings(),
+            "task_names": list(self.distribution.task_names),
+            "partition": list(self.partition),
+            "device": str(self.device),
+            "versions": library_versions(),
+            "command": sys.argv,
+        }
+        atomic_write_json(self.run_dir / "run.json", record)
+
+    # ----------------------------------------------------------------- training
+    def iterate(self) -> dict[str, Any]:
+        """One meta-iteration; returns its metrics."""
+        cfg, n = self.config, self.config.meta_batch_size
+        t0 = time.perf_counter()
+        tasks = self.distribution.sample_tasks(self.streams.tasks, n)
+        start = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(self.policy, self.partition, n).items()}
+        pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
+        pre_adv = advantages(pre, cfg.adaptation.gamma, cfg.adaptation.gae_lambda)
+        a = cfg.adaptation
+        fast = adapt(self.policy, start, pre, pre_adv, a.inner_lr, a.inner_steps, create_graph=False)
+        post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
+        post_adv = advantages(post, a.gamma, a.gae_lambda)
+        stats = meta_update(
+            self.policy, self.partition, MetaBatch(pre, pre_adv, post, post_adv), a, cfg.trpo, self.streams.actions
+        )
+        self.iteration += 1
+        self.env_steps += pre.num_steps + post.num_steps
+        seconds = time.perf_counter() - t0
+        self.wall_time += seconds
+        metrics = {
+            "iteration": self.iteration,
+            "return/before_adaptation": float(pre.task_returns().mean()),
+            "return/after_adaptation": float(post.task_returns().mean()),
+            "trpo/accepted": int(stats.accepted),
+            "trpo/reason": stats.reason,
+            "trpo/kl": stats.kl,
+            "trpo/surrogate_improvement": stats.improvement,
+            "trpo/step_fraction": stats.step_fraction,
+            "trpo/backtracks": stats.backtracks,
+            "policy/action_std": float(self.policy.log_std.detach().exp().mean()) if not self.policy.discrete else 0.0,
+            "time/iteration_seconds": seconds,
+            "time/total_seconds": self.wall_time,
+            "time/env_steps": self.env_steps,
+        }
+        if "context" in fast:
+            metrics["adaptation/context_norm"] = float(fast["context"].detach().norm(dim=-1).mean())
+        return metrics
+
+    def train(self, evaluate_at_end: bool = True, quiet: bool = False) -> EvalResult | None:
+        """Train up to ``config.iterations``, checkpointing atomically, then evaluate."""
+        cfg = self.config
+        self.write_run_record()
+        logger = make_logger(self.run_dir, keep_until=self.iteration)
+        progress = ProgressLine(cfg.iterations, start=self.iteration)
+        self.sampler = Sampler(self.distribution, cfg.meta_batch_size, cfg.episodes_per_task, self.device)
+        try:
+            while self.iteration < cfg.iterations:
+                metrics = self.iterate()
+                for key, value in metrics.items():
+                    logger.record(key, value, exclude=("tensorboard",) if isinstance(value, str) else None)
+                logger.dump(step=self.iteration)
+                if not quiet:
+                    progress.update(self.iteration, metrics)
+                if self.iteration % cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            self.sampler.close()
+            logger.close()
+        if not checkpoint_path(self.run_dir, self.iteration).exists():
+            self.save()
+        if not evaluate_at_end:
+            return None
+        result = self.evaluate()
+        atomic_write_json(self.run_dir / "eval.json", result.to_dict())
+        if not quiet:
+            print(f"\nevaluation on {result.num_tasks} new tasks ({result.env}, adapt={result.adapt}):")
+            print(result.table())
+        return result
+
+    def evaluate(self, **overrides: Any) -> EvalResult:
+        e, a = self.config.evaluation, self.config.adaptation
+        kwargs = {
+            "num_tasks": e.tasks,
+            "steps": e.steps,
+            "episodes": e.episodes,
+            "inner_lr": e.inner_lr or a.inner_lr,
+            "seed": self.config.seed,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return evaluate(
+            self.policy,
+            self.distribution,
+            self.partition,
+            gamma=a.gamma,
+            gae_lambda=a.gae_lambda,
+            device=self.device,
+            env_name=self.config.env.name,
+            adapt_name=self.config.adaptation.partition,
+            iteration=self.iteration,
+            **kwargs,
+        )

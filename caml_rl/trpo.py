@@ -1,0 +1,103 @@
+"""Trust-region step (Schulman et al. 2015) as pure functions over a list of parameters.
+
+The caller supplies the loss with its graph, a Fisher-vector product and an evaluator for the
+line search; nothing here knows about policies or tasks, which keeps the maths testable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+
+@dataclass
+class TRPOStats:
+    accepted: bool
+    reason: str  # "accepted", "no_improvement", "kl_exceeded", "non_finite_gradient", "non_finite_step"
+    kl: float  # KL of the accepted step (nan if rejected)
+    improvement: float  # old loss - new loss of the accepted step (nan if rejected)
+    loss_before: float
+    backtracks: int  # line-search evaluations made
+    step_fraction: float  # fraction of the full trust-region step taken (0 if rejected)
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10, tol: float = 1e-10
+) -> torch.Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given ``x -> A x``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr < tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def _finite(*xs: float | torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(torch.as_tensor(x)).all()) for x in xs)
+
+
+def trpo_step(
+    params: list[torch.Tensor],
+    loss: torch.Tensor,
+    fisher_vector_product: Callable[[torch.Tensor], torch.Tensor],
+    evaluate: Callable[[], tuple[float, float]],
+    max_kl: float = 0.01,
+    cg_iters: int = 10,
+    cg_damping: float = 1e-5,
+    ls_steps: int = 15,
+    ls_backtrack: float = 0.8,
+) -> TRPOStats:
+    """Take one TRPO step on ``params`` in place, or leave them exactly as they were.
+
+    ``evaluate()`` returns ``(loss, kl)`` at the parameters currently written, KL measured
+    from the parameters before the step. A step is accepted only if the loss falls, the KL is
+    within ``max_kl`` and both are finite; anything non-finite counts as a rejection.
+    """
+    old = parameters_to_vector(params).detach().clone()
+    loss_before = float(loss.detach())
+    grads = torch.autograd.grad(loss, params)
+    g = parameters_to_vector(grads).detach()
+
+    def reject(reason: str, backtracks: int = 0) -> TRPOStats:
+        vector_to_parameters(old, params)
+        return TRPOStats(False, reason, math.nan, math.nan, loss_before, backtracks, 0.0)
+
+    if not _finite(g, loss_before):
+        return reject("non_finite_gradient")
+
+    def damped(v: torch.Tensor) -> torch.Tensor:
+        return fisher_vector_product(v) + cg_damping * v
+
+    direction = conjugate_gradient(damped, g, cg_iters)
+    shs = 0.5 * (direction @ damped(direction))
+    if not _finite(direction, shs) or shs <= 0:
+        return reject("non_finite_step")
+    full_step = direction * torch.sqrt(max_kl / shs)
+
+    reason = "no_improvement"
+    with torch.no_grad():
+        for i in range(ls_steps):
+            fraction = ls_backtrack**i
+            vector_to_parameters(old - fraction * full_step, params)
+            new_loss, kl = evaluate()
+            if not _finite(new_loss, kl):
+                reason = "non_finite_step"
+                continue
+            if new_loss < loss_before and kl <= max_kl:
+                return TRPOStats(True, "accepted", kl, loss_before - new_loss, loss_before, i + 1, fraction)
+            reason = "no_improvement" if new_loss >= loss_before else "kl_exceeded"
+    return reject(reason, ls_steps)

@@ -1,0 +1,34 @@
+"""Task distributions for caml-rl, installed as ``caml_rl.envs``.
+
+Add your own: subclass :class:`TaskDistribution` (or wrap a Gymnasium env with
+:class:`GymTaskDistribution`) and call :func:`register`. See README, "Add your own task distribution".
+"""
+
+import gymnasium as gym
+
+from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
+from .navigation import Navigation2D
+
+register("navigation2d", Navigation2D)
+
+
+def _single(name: str):
+    def entry_point(task=None, **settings):
+        return SingleTaskEnv(make(name, **settings), task=task)
+
+    return entry_point
+
+
+if "caml/Navigation2D-v0" not in gym.registry:
+    gym.register("caml/Navigation2D-v0", entry_point=_single("navigation2d"), max_episode_steps=None)
+
+__all__ = [
+    "BatchedEnv",
+    "Navigation2D",
+    "SingleTaskEnv",
+    "TaskDistribution",
+    "TaskDistributionError",
+    "make",
+    "register",
+    "registered",
+]

@@ -1,0 +1,167 @@
+"""The task-distribution protocol, the batched-env protocol and the registry.
+
+A *task distribution* draws task parameters (one float row per task) from a seeded generator
+and builds one *batched env* that steps ``num_envs`` simulations together. The sampler sets the
+tasks at ``reset`` (each task's row repeated once per episode), so one env object serves every
+meta-iteration. Everything the sampler sees is a torch tensor on the env's device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+class TaskDistributionError(ValueError):
+    """A task distribution or a user's env broke the contract; the message says how."""
+
+
+class BatchedEnv(ABC):
+    """``num_envs`` simulations stepped together; all inputs and outputs are batched tensors."""
+
+    num_envs: int
+    device: torch.device
+
+    @abstractmethod
+    def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Start one episode per env; ``tasks: [num_envs, task_dim]``. Returns obs ``[num_envs, obs_dim]``."""
+
+    @abstractmethod
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Apply ``actions: [num_envs, act_dim]`` (or ``[num_envs]`` for discrete).
+
+        Returns ``(obs [num_envs, obs_dim], reward [num_envs], terminated [num_envs] bool)``.
+        Envs that terminated may keep being stepped; the sampler masks their steps out.
+        """
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+@dataclasses.dataclass
+class TaskDistribution(ABC):
+    """A distribution over tasks. Subclasses are dataclasses whose fields are the settings.
+
+    Every field is a setting a config may override (``env.settings`` in YAML) and is recorded
+    with each run. ``task_names`` names the columns of the task array.
+    """
+
+    name: ClassVar[str]
+    task_names: ClassVar[tuple[str, ...]]
+    horizon: int = 100
+
+    @property
+    @abstractmethod
+    def observation_space(self) -> gym.spaces.Box:
+        """The space of one env's observation."""
+
+    @property
+    @abstractmethod
+    def action_space(self) -> gym.spaces.Space:
+        """The space of one env's action (``Box`` or ``Discrete``)."""
+
+    @abstractmethod
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
+        """Draw ``[num_tasks, len(task_names)]`` task parameters (float64) from ``rng``."""
+
+    @abstractmethod
+    def make_vec_env(self, num_envs: int, device: torch.device) -> BatchedEnv:
+        """Build one batched env of ``num_envs`` simulations."""
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain data, for the run record."""
+        return dataclasses.asdict(self)
+
+    def validate_settings(self) -> None:
+        """Raise ``TaskDistributionError`` naming a bad setting; subclasses extend."""
+        if not isinstance(self.horizon, int) or self.horizon < 1:
+            raise TaskDistributionError(f"env setting horizon={self.horizon!r} must be an integer >= 1")
+
+
+_REGISTRY: dict[str, Callable[..., TaskDistribution]] = {}
+
+
+def register(name: str, factory: Callable[..., TaskDistribution], *, overwrite: bool = False) -> None:
+    """Make a task distribution available by name to configs and the CLI."""
+    if name in _REGISTRY and not overwrite:
+        raise TaskDistributionError(f"task distribution {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def registered() -> dict[str, Callable[..., TaskDistribution]]:
+    """Name -> factory of every registered task distribution."""
+    return dict(_REGISTRY)
+
+
+def make(name: str, **settings: Any) -> TaskDistribution:
+    """Build a registered task distribution with the given settings, validated."""
+    if name not in _REGISTRY:
+        raise TaskDistributionError(
+            f"unknown env {name!r}; registered: {', '.join(sorted(_REGISTRY))} (see `caml-rl envs`)"
+        )
+    factory = _REGISTRY[name]
+    if dataclasses.is_dataclass(factory):
+        allowed = {f.name for f in dataclasses.fields(factory) if f.init}
+        unknown = sorted(set(settings) - allowed)
+        if unknown:
+            raise TaskDistributionError(
+                f"unknown setting env.settings.{unknown[0]} for env {name!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+    try:
+        dist = factory(**settings)
+    except TypeError as exc:
+        raise TaskDistributionError(f"env {name!r} rejected its settings: {exc}") from None
+    dist.validate_settings()
+    return dist
+
+
+class SingleTaskEnv(gym.Env):
+    """One env of a task distribution as a plain Gymnasium env, for inspection and SB3 tools.
+
+    It runs the distribution's batched env with one simulation on the CPU, so it behaves
+    exactly like the envs used for training. ``set_task`` fixes the task; otherwise each
+    ``reset`` draws a new one from the reset seed.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, distribution: TaskDistribution, task: np.ndarray | None = None):
+        self.distribution = distribution
+        self.observation_space = distribution.observation_space
+        self.action_space = distribution.action_space
+        self._vec = distribution.make_vec_env(1, torch.device("cpu"))
+        self._task = None if task is None else np.asarray(task, dtype=np.float64).reshape(1, -1)
+        self._t = 0
+
+    def set_task(self, task: np.ndarray) -> None:
+        self._task = np.asarray(task, dtype=np.float64).reshape(1, -1)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self._task is None or (options or {}).get("new_task"):
+            self._task = self.distribution.sample_tasks(self.np_random, 1)
+        self._t = 0
+        obs = self._vec.reset(self._task, self.np_random)
+        return obs[0].numpy().astype(self.observation_space.dtype), {"task": self._task[0].copy()}
+
+    def step(self, action):
+        act = torch.as_tensor(np.asarray(action)).unsqueeze(0)
+        obs, reward, terminated = self._vec.step(act)
+        self._t += 1
+        truncated = self._t >= self.distribution.horizon
+        return (
+            obs[0].numpy().astype(self.observation_space.dtype),
+            float(reward[0]),
+            bool(terminated[0]),
+            truncated,
+            {"task": self._task[0].copy()},
+        )
+
+    def close(self) -> None:
+        self._vec.close()

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from caml_rl.cli import main
+
+SMALL = ["--set", "meta_batch_size=3", "--set", "episodes_per_task=2", "--set", "env.settings.horizon=10",
+         "--set", "policy.hidden_sizes=[8]", "--set", "evaluation.tasks=2", "--set", "evaluation.episodes=2",
+         "--set", "evaluation.steps=1", "--device", "cpu"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "caml_rl", *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_evaluate_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", *SMALL, "--iterations", "2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "iter    2/2" in text and "inner steps" in text
+    assert (out / "checkpoints" / "iter_000002.pt").is_file()
+    assert (out / "progress.csv").is_file() and (out / "config.yaml").is_file()
+    main(["train", "--resume", str(out), "--iterations", "3", "--no-eval"])
+    assert "iter    3/3" in capsys.readouterr().out
+    main(["evaluate", str(out), "--tasks", "3", "--steps", "2", "--episodes", "2", "--seed", "5"])
+    result = json.loads((out / "eval.json").read_text())
+    assert len(result["returns"]) == 3 and len(result["ci95"]) == 3
+    assert result["num_tasks"] == 3 and result["episodes_per_task"] == 2
+    assert result["adapt"] == "context" and result["iteration"] == 3 and result["env"] == "navigation2d"
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    main(["train", *SMALL, "--iterations", "1", "--out", str(out), "--no-eval"])
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *SMALL, "--iterations", "1", "--out", str(out)])
+    assert exc.value.code == 2
+
+
+def test_user_errors_are_one_line(tmp_path):
+    assert_one_line_error(run_cli("train", "--set", "adaptation.inner_lr=abc"), "adaptation.inner_lr", "float")
+    assert_one_line_error(run_cli("train", "--set", "trpo.max_kl=0"), "trpo.max_kl", "> 0")
+    assert_one_line_error(run_cli("evaluate", str(tmp_path / "missing")), "does not exist")
+    assert_one_line_error(run_cli("train", "--resume", str(tmp_path / "missing")), "does not exist")
+    assert_one_line_error(run_cli("train", str(tmp_path / "none.yaml")), "none.yaml", "does not exist")
+    run = tmp_path / "broken" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "iter_000001.pt").write_bytes(b"\x80\x02garbage")
+    assert_one_line_error(run_cli("evaluate", str(tmp_path / "broken")), "iter_000001.pt", "damaged")
+
+
+def test_envs_lists_navigation(capsys):
+    main(["envs"])
+    out = capsys.readouterr().out
+    assert "navigation2d" in out and "goal_low=-0.5" in out

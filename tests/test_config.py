@@ -1,0 +1,65 @@
+import pytest
+
+from caml_rl.config import Config, ConfigError, field_docs, load_config
+
+
+def test_defaults_are_valid_caml_on_navigation():
+    cfg = load_config()
+    assert cfg.env.name == "navigation2d" and cfg.adaptation.partition == "context"
+    assert cfg.policy.context_size > 0
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("adaptation:\n  inner_lr: 0.5\npolicy:\n  hidden_sizes: [64, 64]\n")
+    cfg = load_config(path, ["adaptation.inner_steps=2", "trpo.max_kl=0.02", "env.settings.horizon=50"])
+    assert cfg.adaptation.inner_lr == 0.5 and cfg.adaptation.inner_steps == 2
+    assert cfg.policy.hidden_sizes == [64, 64] and cfg.trpo.max_kl == 0.02
+    assert cfg.env.settings == {"horizon": 50}
+
+
+def test_int_accepted_for_float():
+    assert load_config(None, ["adaptation.inner_lr=1"]).adaptation.inner_lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adaptation.inner_rl=0.5", r"unknown config key adaptation.inner_rl; allowed in this section: partition"),
+        ("bogus=1", r"unknown config key bogus"),
+        ("adaptation.inner_lr=fast", r"adaptation.inner_lr='fast' has the wrong type; expected float"),
+        ("meta_batch_size=true", r"meta_batch_size=True has the wrong type; expected int"),
+        ("adaptation.inner_lr=-1", r"adaptation.inner_lr=-1.0 is out of range; allowed: > 0"),
+        ("trpo.fisher=exact", r"trpo.fisher='exact' is out of range; allowed: fixed, full"),
+        ("policy.hidden_sizes=[64, x]", r"policy.hidden_sizes\[1\]='x' has the wrong type"),
+        ("device=tpu", r"device='tpu' is out of range"),
+        ("noequals", r"not key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("adaptation: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_every_key_is_documented():
+    rows = field_docs(Config)
+    assert len(rows) > 20
+    assert all(doc for _, _, doc in rows), [k for k, _, d in rows if not d]
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,41 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import caml_rl.envs as envs
+
+
+def test_navigation_dynamics_reward_and_termination():
+    dist = envs.make("navigation2d")
+    env = dist.make_vec_env(2, torch.device("cpu"))
+    obs = env.reset(np.array([[0.05, 0.0], [0.3, 0.3]]), np.random.default_rng(0))
+    assert torch.equal(obs, torch.zeros(2, 2))
+    obs, reward, done = env.step(torch.tensor([[0.05, 0.0], [1.0, -1.0]]))  # second is clipped to 0.1
+    torch.testing.assert_close(obs, torch.tensor([[0.05, 0.0], [0.1, -0.1]]))
+    torch.testing.assert_close(reward, -torch.tensor([0.0, (0.2**2 + 0.4**2) ** 0.5]))
+    assert done.tolist() == [True, False]
+
+
+def test_tasks_are_uniform_in_the_configured_square():
+    dist = envs.make("navigation2d", goal_low=-0.2, goal_high=0.2)
+    tasks = dist.sample_tasks(np.random.default_rng(0), 1000)
+    assert tasks.shape == (1000, 2) and tasks.min() >= -0.2 and tasks.max() <= 0.2
+    assert not np.array_equal(tasks, dist.sample_tasks(np.random.default_rng(1), 1000))
+
+
+def test_gymnasium_single_env():
+    env = gym.make("caml/Navigation2D-v0", task=[0.2, 0.1])
+    obs, info = env.reset(seed=0)
+    assert obs.dtype == np.float32 and np.allclose(info["task"], [0.2, 0.1])
+    obs, reward, terminated, truncated, _ = env.step(np.array([0.1, 0.1], dtype=np.float32))
+    assert reward == pytest.approx(-0.1)
+
+
+def test_bad_settings_and_unknown_env():
+    with pytest.raises(envs.TaskDistributionError, match="goal_low.*goal_high"):
+        envs.make("navigation2d", goal_low=1.0)
+    with pytest.raises(envs.TaskDistributionError, match="unknown setting env.settings.goal_radus"):
+        envs.make("navigation2d", goal_radus=0.1)
+    with pytest.raises(envs.TaskDistributionError, match="unknown env 'nav'; registered:"):
+        envs.make("nav")
