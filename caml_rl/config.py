@@ -84,7 +84,7 @@ class TRPOConfig:
     """Step shrink factor between line-search evaluations."""
     fisher: str = "fixed"
     """Fisher metric: fixed (adaptation step held constant, cheap) or full (through the inner step)."""
-    fvp_subsample: float = 1.0
+    fvp_subsample: float = 0.2
     """Fraction of each task's post-adaptation episodes used for Fisher-vector products."""
 
     def validate(self) -> None:

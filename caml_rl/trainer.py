@@ -73,6 +73,7 @@ class Trainer:
             torch.set_num_threads(config.torch_threads)
         self.device = resolve_device(config.device)
         self.distribution = envs.make(config.env.name, **config.env.settings)
+        envs.validate(self.distribution)  # a broken env fails here, with one line, not mid-training
         config.env.settings = self.distribution.settings()  # record every setting, defaults included
         torch.manual_seed(config.seed)  # weight initialisation
         space = self.distribution.observation_space

@@ -7,7 +7,9 @@ Add your own: subclass :class:`TaskDistribution` (or wrap a Gymnasium env with
 import gymnasium as gym
 
 from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
+from .gym_adapter import GymTaskDistribution
 from .navigation import Navigation2D
+from .validation import validate
 
 register("navigation2d", Navigation2D)
 
@@ -24,6 +26,7 @@ if "caml/Navigation2D-v0" not in gym.registry:
 
 __all__ = [
     "BatchedEnv",
+    "GymTaskDistribution",
     "Navigation2D",
     "SingleTaskEnv",
     "TaskDistribution",
@@ -31,4 +34,5 @@ __all__ = [
     "make",
     "register",
     "registered",
+    "validate",
 ]

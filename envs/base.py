@@ -99,11 +99,29 @@ def registered() -> dict[str, Callable[..., TaskDistribution]]:
     return dict(_REGISTRY)
 
 
+def _import_factory(name: str) -> None:
+    """``"my_module:MyDistribution"`` imports and registers a user's class under that name."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise TaskDistributionError(f"env {name!r} could not be imported: {exc}") from None
+    register(name, factory)
+
+
 def make(name: str, **settings: Any) -> TaskDistribution:
-    """Build a registered task distribution with the given settings, validated."""
+    """Build a registered task distribution with the given settings, validated.
+
+    ``name`` is a registered name or ``"module:Class"`` (imported, then registered).
+    """
+    if name not in _REGISTRY and ":" in name:
+        _import_factory(name)
     if name not in _REGISTRY:
         raise TaskDistributionError(
-            f"unknown env {name!r}; registered: {', '.join(sorted(_REGISTRY))} (see `caml-rl envs`)"
+            f"unknown env {name!r}; registered: {', '.join(sorted(_REGISTRY))} (see `caml-rl envs`), "
+            "or give your own as module:Class"
         )
     factory = _REGISTRY[name]
     if dataclasses.is_dataclass(factory):
