@@ -43,6 +43,39 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where to write the JSON (default: RUN_DIR/eval.json)")
 
 
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="physics vs sampler vs meta-iteration throughput on one batch")
+    p.add_argument("--env", default="halfcheetah_vel", help="task distribution (default: halfcheetah_vel)")
+    p.add_argument("--tasks", type=int, default=40)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--horizon", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=3, help="meta-iterations to time")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--method", default="caml", choices=["caml", "maml"])
+    p.add_argument("--preset", choices=["paper", "maml-rl"],
+                   help="paper: horizon 200, 200x200, 50 context; maml-rl: horizon 100, 100x100 (overrides --horizon)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    import json
+
+    from .benchmark import run_benchmark
+
+    for key in ("tasks", "episodes", "horizon", "iterations"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
+    result = run_benchmark(args.env, args.tasks, args.episodes, args.horizon, args.iterations, args.device,
+                           args.method, args.preset, args.overrides)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else value
+        print(f"{key:>26}  {shown}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .trainer import Trainer
 
@@ -103,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_benchmark(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs, "benchmark": cmd_benchmark}
 
 
 def main(argv: list[str] | None = None) -> None:

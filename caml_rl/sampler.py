@@ -27,7 +27,6 @@ class Sampler:
         self.device = torch.device(device)
         self.env: BatchedEnv = distribution.make_vec_env(num_tasks * episodes_per_task, self.device)
 
-    @torch.no_grad()
     def sample(
         self,
         policy: ContextMLPPolicy,
@@ -37,7 +36,29 @@ class Sampler:
         generator: torch.Generator,
         deterministic: bool = False,
     ) -> Episodes:
-        """Roll out ``horizon`` steps of one episode per env, for ``tasks: [num_tasks, task_dim]``."""
+        """Roll out ``horizon`` steps of one episode per env, for ``tasks: [num_tasks, task_dim]``.
+
+        On CPU torch runs single-threaded while sampling: its OpenMP threads would otherwise
+        spin on the cores the simulator needs.
+        """
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                return self._rollout(policy, tasks, fast, rng, generator, deterministic)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _rollout(
+        self,
+        policy: ContextMLPPolicy,
+        tasks: np.ndarray,
+        fast: FastWeights,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        deterministic: bool,
+    ) -> Episodes:
         n_t, n_e, horizon = self.num_tasks, self.episodes_per_task, self.distribution.horizon
         if tasks.shape[0] != n_t:
             raise ValueError(f"sampler built for {n_t} tasks, got {tasks.shape[0]}")

@@ -142,10 +142,13 @@ class Trainer:
         tasks = self.distribution.sample_tasks(self.streams.tasks, n)
         start = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(self.policy, self.partition, n).items()}
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
+        t_pre = time.perf_counter() - t0
         pre_adv = advantages(pre, cfg.adaptation.gamma, cfg.adaptation.gae_lambda)
         a = cfg.adaptation
         fast = adapt(self.policy, start, pre, pre_adv, a.inner_lr, a.inner_steps, create_graph=False)
+        t1 = time.perf_counter()
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
+        sampling = t_pre + time.perf_counter() - t1
         post_adv = advantages(post, a.gamma, a.gae_lambda)
         stats = meta_update(
             self.policy, self.partition, MetaBatch(pre, pre_adv, post, post_adv), a, cfg.trpo, self.streams.actions
@@ -166,6 +169,8 @@ class Trainer:
             "trpo/backtracks": stats.backtracks,
             "policy/action_std": float(self.policy.log_std.detach().exp().mean()) if not self.policy.discrete else 0.0,
             "time/iteration_seconds": seconds,
+            "time/sampling_seconds": sampling,
+            "time/update_seconds": seconds - sampling,
             "time/total_seconds": self.wall_time,
             "time/env_steps": self.env_steps,
         }
