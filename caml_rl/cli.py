@@ -76,6 +76,22 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(f"{key:>26}  {shown}")
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train every run of a suite, skipping finished ones and resuming the rest")
+    p.add_argument("suite", help="suite YAML (see experiments/suites/)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each single-threaded when > 1)")
+    p.add_argument("--only", help="glob over run names, e.g. 'navigation/caml_*'")
+    p.add_argument("--dry-run", action="store_true", help="only print each run's status")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import sweep
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} is out of range; allowed: >= 1")
+    sweep(args.suite, args.jobs, args.only, args.dry_run)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .trainer import Trainer
 
@@ -137,11 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_benchmark(sub)
+    _add_sweep(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs, "benchmark": cmd_benchmark}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs, "benchmark": cmd_benchmark,
+            "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> None:
