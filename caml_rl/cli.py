@@ -92,6 +92,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep(args.suite, args.jobs, args.only, args.dry_run)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="Markdown table and plots from run directories (seeds pooled)")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="folder for results.md, results.json and the PNGs")
+    p.add_argument("--steps", type=int, default=3, help="inner steps shown in the table")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import report
+
+    for path in report(args.run_dirs, args.out, args.steps):
+        print(f"wrote {path}")
+    print((Path(args.out) / "results.md").read_text())
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .trainer import Trainer
 
@@ -154,12 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_benchmark(sub)
     _add_sweep(sub)
+    _add_report(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs, "benchmark": cmd_benchmark,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> None:

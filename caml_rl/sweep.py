@@ -67,7 +67,8 @@ def run_status(run_dir: Path, iterations: int) -> str:
 def command_for(run: SuiteRun, run_dir: Path, status: str) -> list[str]:
     base = [sys.executable, "-m", "caml_rl", "train"]
     if status == "partial":
-        return base + ["--resume", str(run_dir)]
+        iterations = load_config(run.config, run.overrides).iterations
+        return base + ["--resume", str(run_dir), "--iterations", str(iterations)]
     return base + [run.config, "--out", str(run_dir), *sum((["--set", o] for o in run.overrides), [])]
 
 

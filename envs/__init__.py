@@ -9,9 +9,11 @@ import gymnasium as gym
 from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
 from .gym_adapter import GymTaskDistribution
 from .navigation import Navigation2D
+from .locomotion_registry import register_all
 from .validation import validate
 
 register("navigation2d", Navigation2D)
+register_all()  # HalfCheetah and Ant task distributions and their caml/...-v0 gym ids
 
 
 def _single(name: str):

@@ -43,14 +43,21 @@ class _Ant(MujocoTaskDistribution):
         check_interval(self, "healthy_z_low", "healthy_z_high", 0.0, 10.0)
         if not isinstance(self.terminate_when_unhealthy, bool):
             raise TaskDistributionError(
-                f"env setting terminate_when_unhealthy={self.terminate_when_unhealthy!r} must be true or false"
+                f"env setting terminate_when_unhealthy={self.terminate_when_unhealthy!r} "
+                "must be true or false"
             )
 
     def position(self, sim: MujocoBatch) -> np.ndarray:
         return sim.body_xpos(_TORSO)[:, :2]
 
-    def score(self, tasks: np.ndarray, velocity: np.ndarray, ctrl_cost: np.ndarray,
-              sim: MujocoBatch, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self,
+        tasks: np.ndarray,
+        velocity: np.ndarray,
+        ctrl_cost: np.ndarray,
+        sim: MujocoBatch,
+        ids: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         qpos = sim.qpos if ids is None else sim.qpos[ids]
         z = qpos[:, 2]
         healthy = (self.healthy_z_low <= z) & (z <= self.healthy_z_high)  # state is finite: checked before

@@ -27,8 +27,14 @@ class _HalfCheetah(MujocoTaskDistribution):
     frame_skip: int = 5
     reset_noise_scale: float = 0.1
 
-    def score(self, tasks: np.ndarray, velocity: np.ndarray, ctrl_cost: np.ndarray,
-              sim: MujocoBatch, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self,
+        tasks: np.ndarray,
+        velocity: np.ndarray,
+        ctrl_cost: np.ndarray,
+        sim: MujocoBatch,
+        ids: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         reward = self.task_reward(tasks, velocity[:, 0]) - ctrl_cost
         return reward, np.zeros(len(reward), dtype=bool)
 
@@ -108,11 +114,13 @@ class HalfCheetahDynamics(_HalfCheetah):
             return  # mj_setConst over the batch is the costly part of a reset: skip when unchanged
         m = self.model
         mass, damp = tasks[:, 0], tasks[:, 1]
-        sim.set_model_fields({
-            "body_mass": m.body_mass[None, :] * mass[:, None],
-            "body_inertia": m.body_inertia[None, :, :] * mass[:, None, None],
-            "dof_damping": m.dof_damping[None, :] * damp[:, None],
-        })
+        sim.set_model_fields(
+            {
+                "body_mass": m.body_mass[None, :] * mass[:, None],
+                "body_inertia": m.body_inertia[None, :, :] * mass[:, None, None],
+                "dof_damping": m.dof_damping[None, :] * damp[:, None],
+            }
+        )
         sim.applied_tasks = tasks.copy()
 
     def task_reward(self, tasks: np.ndarray, forward_velocity: np.ndarray) -> np.ndarray:

@@ -27,11 +27,18 @@ LOCOMOTION: dict[str, tuple[type[MujocoTaskDistribution], str]] = {
 }
 
 
-def make_single(name: str, task: np.ndarray | None = None, render_mode: str | None = None,
-                width: int = 320, height: int = 240, **settings: Any) -> MujocoSingleTaskEnv:
+def make_single(
+    name: str,
+    task: np.ndarray | None = None,
+    render_mode: str | None = None,
+    width: int = 320,
+    height: int = 240,
+    **settings: Any,
+) -> MujocoSingleTaskEnv:
     """Gymnasium entry point: one env of registered distribution ``name`` (``task`` fixes its task)."""
-    return MujocoSingleTaskEnv(make(name, **settings), task=task, render_mode=render_mode,
-                               width=width, height=height)
+    return MujocoSingleTaskEnv(
+        make(name, **settings), task=task, render_mode=render_mode, width=width, height=height
+    )
 
 
 def register_all() -> None:

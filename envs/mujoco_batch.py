@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import importlib
+import inspect
 import math
 import os
 import warnings
@@ -45,7 +46,7 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_model(xml_file: str) -> mujoco.MjModel:
     """The model gymnasium ships under ``xml_file``, loaded once per process (never mutate it)."""
     return mujoco.MjModel.from_xml_path(str(ASSETS_DIR / xml_file))
@@ -58,8 +59,15 @@ class MujocoBatch:
     simulations' state. ``backend`` is ``"batch"`` (mujoco >= 4.0) or ``"rollout"`` (fallback).
     """
 
-    def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, *, backend: str | None = None,
-                 nthread: int | None = None):
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        nsim: int,
+        frame_skip: int,
+        *,
+        backend: str | None = None,
+        nthread: int | None = None,
+    ):
         self.model, self.nsim, self.frame_skip = model, int(nsim), int(frame_skip)
         self.nthread = max(1, min(nthread or _cpu_count(), self.nsim))
         if backend is None:
@@ -77,7 +85,9 @@ class MujocoBatch:
         self.applied_tasks: np.ndarray | None = None  # what configure() last set, to skip repeats
         self._bad_warnings = np.array([int(getattr(mujoco.mjtWarning, w)) for w in _BAD_WARNINGS])
         if backend == "batch":
-            self._batch = importlib.import_module("mujoco.batch").Batch(model, nsim=self.nsim, nthread=self.nthread)
+            self._batch = importlib.import_module("mujoco.batch").Batch(
+                model, nsim=self.nsim, nthread=self.nthread
+            )
             self.qpos = self._batch.bind("qpos")
             self.qvel = self._batch.bind("qvel")
             self._ctrl = self._batch.bind("ctrl")
@@ -149,8 +159,10 @@ class MujocoBatch:
                 parts.append("qvel not finite")
             if warned[k]:
                 counts = self._batch.warning[sel[k], self._bad_warnings, 1]
-                names = [w[7:] for w, c in zip(_BAD_WARNINGS, counts) if c > 0]
-                parts.append(f"MuJoCo warned {'/'.join(names)} (nan, inf or huge value; it auto-resets the sim)")
+                names = [w[7:] for w, c in zip(_BAD_WARNINGS, counts, strict=True) if c > 0]
+                parts.append(
+                    f"MuJoCo warned {'/'.join(names)} (nan, inf or huge value; it auto-resets the sim)"
+                )
             reasons.append("; ".join(parts))
         return sel[bad], reasons
 
@@ -198,7 +210,9 @@ class MujocoBatch:
         rollout = importlib.import_module("mujoco.rollout")
         base = copy.copy(self.model)
         # without auto-reset a blow-up stays visible in the state, where unstable() sees it
-        base.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_AUTORESET)
+        autoreset = getattr(mujoco.mjtDisableBit, "mjDSBL_AUTORESET", None)
+        if autoreset is not None:
+            base.opt.disableflags |= int(autoreset)
         self._rollout_base = base
         self._models: list[mujoco.MjModel] | mujoco.MjModel = base
         self._datas = [mujoco.MjData(base) for _ in range(self.nthread)]
@@ -219,9 +233,11 @@ class MujocoBatch:
         if hasattr(rollout, "Rollout"):
             self._rollout = rollout.Rollout(nthread=self.nthread)
             self._rollout_fn = self._rollout.rollout
-        else:  # 3.2.x: module function with a persistent pool
+        else:  # older: the module function (threads = len(data)), pooled where it can be
             self._rollout = rollout
-            self._rollout_fn = functools.partial(rollout.rollout, persistent_pool=True)
+            self._rollout_fn = rollout.rollout
+            if "persistent_pool" in inspect.signature(rollout.rollout).parameters:
+                self._rollout_fn = functools.partial(rollout.rollout, persistent_pool=True)
 
     def _free_qposadr(self, body: int) -> int:
         m = self.model
@@ -235,8 +251,14 @@ class MujocoBatch:
         if ids is not None and isinstance(models, list):
             models = [models[i] for i in ids]
         control = np.repeat(self._ctrl[sel][:, None, :], self.frame_skip, axis=1)
-        out, _ = self._rollout_fn(models, self._datas, np.ascontiguousarray(self.state[sel]), control,
-                                  control_spec=int(mujoco.mjtState.mjSTATE_CTRL), nstep=self.frame_skip)
+        out, _ = self._rollout_fn(
+            models,
+            self._datas,
+            np.ascontiguousarray(self.state[sel]),
+            control,
+            control_spec=int(mujoco.mjtState.mjSTATE_CTRL),
+            nstep=self.frame_skip,
+        )
         prev = out[:, -2] if self.frame_skip > 1 else self.state[sel]
         if self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
             prev = out[:, -1]  # RK4's last kinematics are at its final stage, near the end state
@@ -253,8 +275,15 @@ def _has_batch() -> bool:
 
 
 # ================================================================== task distribution glue
-def check_setting(dist: Any, key: str, low: float = -math.inf, high: float = math.inf, *,
-                  integer: bool = False, low_open: bool = False) -> None:
+def check_setting(
+    dist: Any,
+    key: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+) -> None:
     """Raise a one-line ``TaskDistributionError`` unless setting ``key`` lies in its allowed range."""
     value = getattr(dist, key)
     kind = "an integer" if integer else "a number"
@@ -267,14 +296,23 @@ def check_setting(dist: Any, key: str, low: float = -math.inf, high: float = mat
         raise TaskDistributionError(f"env setting {key}={value!r} must be {kind} in {rng}")
 
 
-def check_interval(dist: Any, low_key: str, high_key: str, low: float = -math.inf, high: float = math.inf,
-                   *, low_open: bool = False) -> None:
+def check_interval(
+    dist: Any,
+    low_key: str,
+    high_key: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+) -> None:
     """Both ends in range and ``low_key <= high_key``."""
     check_setting(dist, low_key, low, high, low_open=low_open)
     check_setting(dist, high_key, low, high, low_open=low_open)
     a, b = getattr(dist, low_key), getattr(dist, high_key)
     if not a <= b:
-        raise TaskDistributionError(f"env settings {low_key}={a} and {high_key}={b}: need {low_key} <= {high_key}")
+        raise TaskDistributionError(
+            f"env settings {low_key}={a} and {high_key}={b}: need {low_key} <= {high_key}"
+        )
 
 
 @dataclasses.dataclass
@@ -327,8 +365,14 @@ class MujocoTaskDistribution(TaskDistribution):
     def configure(self, sim: MujocoBatch, tasks: np.ndarray) -> None:
         """Set per-simulation model fields for ``tasks`` (dynamics tasks); reward tasks do nothing."""
 
-    def score(self, tasks: np.ndarray, velocity: np.ndarray, ctrl_cost: np.ndarray,
-              sim: MujocoBatch, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self,
+        tasks: np.ndarray,
+        velocity: np.ndarray,
+        ctrl_cost: np.ndarray,
+        sim: MujocoBatch,
+        ids: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(reward float64 [n], terminated bool [n])`` for the stepped sims ``ids`` (None: all)."""
         raise NotImplementedError
 
@@ -341,8 +385,13 @@ class LocomotionVecEnv(BatchedEnv):
     ``velocity`` (forward velocity as gymnasium's ``info["x_velocity"]``, and y for Ant).
     """
 
-    def __init__(self, dist: MujocoTaskDistribution, num_envs: int, device: torch.device | str,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        dist: MujocoTaskDistribution,
+        num_envs: int,
+        device: torch.device | str,
+        backend: str | None = None,
+    ):
         self.dist, self.num_envs, self.device = dist, int(num_envs), torch.device(device)
         model = dist.model
         self.sim = MujocoBatch(model, self.num_envs, dist.frame_skip, backend=backend)
@@ -352,6 +401,7 @@ class LocomotionVecEnv(BatchedEnv):
         # ctrl = mid + a * half: exact (a itself) for the usual [-1, 1] ctrlrange
         self._mid, self._half = (hi + lo) / 2.0, (hi - lo) / 2.0
         self._qpos0 = model.qpos0.copy()
+        self._dt = dist.dt  # as gymnasium's: timestep * frame_skip
         self._tasks = np.zeros((self.num_envs, len(dist.task_names)))
         self._done = np.zeros(self.num_envs, dtype=bool)
         self._t = 0
@@ -359,7 +409,9 @@ class LocomotionVecEnv(BatchedEnv):
         self._pinned: torch.Tensor | None = None
         self._copied: Any = None
         if self.device.type == "cuda":
-            self._pinned = torch.empty(self.num_envs * (self.obs_dim + 2), dtype=torch.float32, pin_memory=True)
+            self._pinned = torch.empty(
+                self.num_envs * (self.obs_dim + 2), dtype=torch.float32, pin_memory=True
+            )
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         tasks = np.asarray(tasks, dtype=np.float64)
@@ -370,7 +422,7 @@ class LocomotionVecEnv(BatchedEnv):
         self._tasks = tasks.copy()
         self.dist.configure(self.sim, self._tasks)
         m, s = self.dist.model, self.dist.reset_noise_scale
-        # gymnasium's order of draws: all qpos noise of a sim, then its qvel noise
+        # for one sim these are the draws of gymnasium's reset_model: qpos noise, then qvel noise
         qpos = self._qpos0 + rng.uniform(-s, s, size=(self.num_envs, m.nq))
         qvel = s * rng.standard_normal((self.num_envs, m.nv))
         self.sim.reset(qpos, qvel)
@@ -381,10 +433,7 @@ class LocomotionVecEnv(BatchedEnv):
         return obs
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a = actions.detach()
-        if a.device.type != "cpu":
-            a = a.cpu()
-        a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         if a.shape != (self.num_envs, self.act_dim):
             raise TaskDistributionError(
                 f"{self.dist.label}: step got actions of shape {tuple(a.shape)}, "
@@ -393,17 +442,23 @@ class LocomotionVecEnv(BatchedEnv):
         self._t += 1
         if not np.isfinite(a).all():
             bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
-            self._raise(bad, ["action not finite"] * len(bad), "got a non-finite action")
+            j = int(np.flatnonzero(~np.isfinite(a[bad[0]]))[0])
+            self._raise(bad, [f"action[{j}]={a[bad[0], j]}"], "got a non-finite action")
         a = np.clip(a.astype(np.float64), -1.0, 1.0)
         ids = None if not self._done.any() else np.flatnonzero(~self._done)
         self.sim.set_ctrl(self._mid + a * self._half, ids)
         before = self.dist.position(self.sim).copy()
         if ids is None or len(ids):
-            self.sim.step(ids)
+            try:
+                self.sim.step(ids)
+            except RuntimeError as exc:  # mujoco.batch.SimulationError: mju_error in some sims
+                if getattr(exc, "ids", None) is None:
+                    raise
+                self._raise(np.asarray(exc.ids), [str(exc)], "raised a MuJoCo error")
         bad, reasons = self.sim.unstable(ids)
         if len(bad):
             self._raise(bad, reasons, "became unstable")
-        velocity = (self.dist.position(self.sim) - before) / self.dist.dt
+        velocity = (self.dist.position(self.sim) - before) / self._dt
         ctrl_cost = self.dist.ctrl_cost_weight * np.sum(np.square(a), axis=1)
         sel = slice(None) if ids is None else ids
         reward = np.zeros(self.num_envs)
@@ -453,11 +508,12 @@ class LocomotionVecEnv(BatchedEnv):
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first)] = np.arange(len(first))
         row = int(rank[inverse.reshape(-1)[i]])
-        values = ", ".join(f"{name}={v:.4g}" for name, v in zip(self.dist.task_names, self._tasks[i]))
-        more = f" (and {len(sims) - 1} more sims)" if len(sims) > 1 else ""
-        raise TaskDistributionError(
-            f"{self.dist.label} sim {i} (task row {row}: {values}) {what} at step {self._t}: {reasons[0]}{more}"
+        values = ", ".join(
+            f"{name}={v:.4g}" for name, v in zip(self.dist.task_names, self._tasks[i], strict=True)
         )
+        more = f" (and {len(sims) - 1} more sims)" if len(sims) > 1 else ""
+        where = f"{self.dist.label} sim {i} (task row {row}: {values})"
+        raise TaskDistributionError(f"{where} {what} at step {self._t}: {reasons[0]}{more}")
 
 
 class MujocoSingleTaskEnv(SingleTaskEnv):
@@ -470,9 +526,15 @@ class MujocoSingleTaskEnv(SingleTaskEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, distribution: MujocoTaskDistribution, task: np.ndarray | None = None,
-                 render_mode: str | None = None, width: int = 320, height: int = 240,
-                 camera: str | int | None = "track"):
+    def __init__(
+        self,
+        distribution: MujocoTaskDistribution,
+        task: np.ndarray | None = None,
+        render_mode: str | None = None,
+        width: int = 320,
+        height: int = 240,
+        camera: str | int | None = "track",
+    ):
         super().__init__(distribution, task)
         if render_mode not in (None, "rgb_array"):
             raise TaskDistributionError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")

@@ -12,7 +12,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from caml_rl.envs.ant import AntDir, AntGoal, AntVel
 from caml_rl.envs.base import TaskDistributionError, make
 from caml_rl.envs.half_cheetah import HalfCheetahDir, HalfCheetahDynamics, HalfCheetahVel
@@ -75,7 +74,9 @@ def test_halfcheetah_matches_gymnasium_bit_for_bit():
             assert np.array_equal(env.sim.qvel[i], g.unwrapped.data.qvel)
             assert np.array_equal(obs[i].numpy(), g_obs.astype(np.float32))
             assert env.info["velocity"][i, 0] == info["x_velocity"]
-            expected = -abs(info["x_velocity"] - tasks[i, 0]) - 0.05 * np.sum(np.square(a[i].astype(np.float64)))
+            expected = -abs(info["x_velocity"] - tasks[i, 0]) - 0.05 * np.sum(
+                np.square(a[i].astype(np.float64))
+            )
             assert reward[i].item() == pytest.approx(expected, rel=1e-6, abs=1e-6)
             assert not g_term
     env.close()
@@ -102,8 +103,13 @@ def test_ant_matches_gymnasium_bit_for_bit():
     env = dist.make_vec_env(n, CPU)
     tasks = np.array([[1.0], [2.0]])
     env.reset(tasks, np.random.default_rng(3))
-    gyms = _gym_envs("Ant-v5", env.sim.qpos.copy(), env.sim.qvel.copy(),
-                     include_cfrc_ext_in_observation=False, contact_cost_weight=0.0)
+    gyms = _gym_envs(
+        "Ant-v5",
+        env.sim.qpos.copy(),
+        env.sim.qvel.copy(),
+        include_cfrc_ext_in_observation=False,
+        contact_cost_weight=0.0,
+    )
     for a in _actions(np.random.default_rng(4), steps, n, 8) * 0.3:
         obs, reward, terminated = env.step(torch.from_numpy(a))
         for i, g in enumerate(gyms):
@@ -169,8 +175,11 @@ def test_unstable_sim_raises_naming_sim_and_task(backend):
     env.reset(np.array([[0.5], [0.5], [1.5], [1.5]]), np.random.default_rng(0))
     env.step(torch.zeros(4, 6))
     env.sim.qvel[3, 2] = 1e30
-    with pytest.raises(TaskDistributionError, match=r"HalfCheetahVel sim 3 \(task row 1: goal_velocity=1.5\) "
-                       r"became unstable at step 2: .*"):
+    with pytest.raises(
+        TaskDistributionError,
+        match=r"HalfCheetahVel sim 3 \(task row 1: goal_velocity=1.5\) "
+        r"became unstable at step 2: .*",
+    ):
         env.step(torch.zeros(4, 6))
     env.reset(np.array([[0.5], [0.5], [1.5], [1.5]]), np.random.default_rng(0))
     bad = torch.zeros(4, 6)
@@ -207,13 +216,25 @@ def test_rollout_fallback_warns_and_stays_close_to_batch(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
-        ("halfcheetah_vel", {"velocity_low": 3.0, "velocity_high": 1.0}, "need velocity_low <= velocity_high"),
+        (
+            "halfcheetah_vel",
+            {"velocity_low": 3.0, "velocity_high": 1.0},
+            "need velocity_low <= velocity_high",
+        ),
         ("halfcheetah_vel", {"frame_skip": 0}, r"frame_skip=0 must be an integer in \[1, 1000\]"),
-        ("halfcheetah_dynamics", {"mass_scale_low": 0.0}, r"mass_scale_low=0.0 must be a number in \(0.0, 100.0\]"),
+        (
+            "halfcheetah_dynamics",
+            {"mass_scale_low": 0.0},
+            r"mass_scale_low=0.0 must be a number in \(0.0, 100.0\]",
+        ),
         ("ant_goal", {"goal_norm": 3}, "goal_norm=3 must be 1 or 2"),
         ("ant_vel", {"ctrl_cost_weight": -1.0}, r"ctrl_cost_weight=-1.0 must be a number in \[0.0, inf\)"),
         ("ant_dir", {"healthy_z_low": 1.5}, "need healthy_z_low <= healthy_z_high"),
-        ("ant_dir", {"terminate_when_unhealthy": "yes"}, "terminate_when_unhealthy='yes' must be true or false"),
+        (
+            "ant_dir",
+            {"terminate_when_unhealthy": "yes"},
+            "terminate_when_unhealthy='yes' must be true or false",
+        ),
     ],
 )
 def test_settings_validation(name, settings, message):
@@ -226,7 +247,7 @@ def test_gym_make_single_env():
     env = gym.make("caml/AntGoal-v0", task=[1.0, -1.0], horizon=5)
     obs, info = env.reset(seed=0)
     assert obs.shape == (27,) and obs.dtype == np.float32 and info["task"].tolist() == [1.0, -1.0]
-    for t in range(5):
+    for _ in range(5):
         obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
         assert isinstance(reward, float)
     assert truncated or terminated
@@ -255,8 +276,9 @@ def test_render_rgb_array_frame():
     failures = []
     for backend in ("egl", "osmesa"):
         env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
-        proc = subprocess.run([sys.executable, "-c", _RENDER_SCRIPT], env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RENDER_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+        )
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
         if proc.returncode == 0 and line:
             for shape, dtype, std in json.loads(line[0][6:]).values():

@@ -1,0 +1,135 @@
+"""Results tables and plots from run directories: ``caml-rl report RUN_DIRS... --out DIR``.
+
+Runs whose directory names differ only by a ``_seedN`` suffix form one row; the 95% interval
+pools the test tasks of every seed (tasks x seeds samples).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, atomic_write_text
+from .evaluation import mean_ci95
+
+
+SEED_SUFFIX = re.compile(r"_seed\d+$")
+
+
+@dataclass
+class RunGroup:
+    label: str
+    runs: list[Path] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    progress: list[list[dict]] = field(default_factory=list)
+
+
+def group_label(run_dir: Path) -> str:
+    return f"{run_dir.parent.name}/{SEED_SUFFIX.sub('', run_dir.name)}"
+
+
+def collect(run_dirs: list[str | Path]) -> list[RunGroup]:
+    groups: dict[str, RunGroup] = {}
+    for d in map(Path, run_dirs):
+        eval_path = d / "eval.json"
+        if not eval_path.is_file():
+            raise CheckpointError(f"run directory {str(d)!r} has no eval.json (train to the end or `caml-rl evaluate` it)")
+        g = groups.setdefault(group_label(d), RunGroup(group_label(d)))
+        g.runs.append(d)
+        g.evals.append(json.loads(eval_path.read_text()))
+        progress = d / "progress.csv"
+        g.progress.append(list(csv.DictReader(progress.open())) if progress.is_file() else [])
+    return list(groups.values())
+
+
+def group_row(g: RunGroup, steps: int) -> dict:
+    per_step = []
+    for k in range(steps + 1):
+        vals = [r for e in g.evals if k < len(e["task_returns"]) for r in e["task_returns"][k]]
+        per_step.append(mean_ci95(np.array(vals)) if vals else (float("nan"), float("nan")))
+    last = [p[-1] for p in g.progress if p]
+    return {
+        "label": g.label,
+        "env": g.evals[0]["env"],
+        "adapt": g.evals[0]["adapt"],
+        "seeds": len(g.runs),
+        "tasks": sum(e["num_tasks"] for e in g.evals),
+        "iterations": sorted({e["iteration"] for e in g.evals}),
+        "env_steps": float(np.mean([float(r["time/env_steps"]) for r in last])) if last else float("nan"),
+        "wall_hours": float(np.mean([float(r["time/total_seconds"]) for r in last])) / 3600 if last else float("nan"),
+        "returns": [m for m, _ in per_step],
+        "ci95": [c for _, c in per_step],
+    }
+
+
+def markdown_table(rows: list[dict], steps: int) -> str:
+    head = ["run", "env", "adapt", "seeds", "test tasks", "iterations", "env steps (M)", "wall h"]
+    head += ["before adaptation"] + [f"after {k} step{'s' if k > 1 else ''}" for k in range(1, steps + 1)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        its = ",".join(map(str, r["iterations"]))
+        cells = [r["label"], r["env"], r["adapt"], str(r["seeds"]), str(r["tasks"]), its,
+                 f"{r['env_steps'] / 1e6:.1f}", f"{r['wall_hours']:.2f}"]
+        cells += [f"{m:.2f} ± {c:.2f}" for m, c in zip(r["returns"], r["ci95"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    for g in groups:
+        curves = [np.array([float(r["return/after_adaptation"]) for r in p]) for p in g.progress if p]
+        if not curves:
+            continue
+        n = min(map(len, curves))
+        stack = np.stack([c[:n] for c in curves])
+        it = np.arange(1, n + 1)
+        ax.plot(it, stack.mean(0), label=f"{g.label} (after 1 step, {len(curves)} seed(s))")
+        if len(curves) > 1:
+            ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.2)
+        pre = np.stack([np.array([float(r["return/before_adaptation"]) for r in p])[:n] for p in g.progress if p])
+        ax.plot(it, pre.mean(0), linestyle=":", color=ax.lines[-1].get_color(), label=f"{g.label} (before)")
+    ax.set(xlabel="meta-iteration", ylabel="mean episode return", title="Learning curves (training tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths.append(out / "learning_curves.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for r in rows:
+        k = np.arange(len(r["returns"]))
+        ax.errorbar(k, r["returns"], yerr=r["ci95"], marker="o", capsize=3, label=r["label"])
+    ax.set(xlabel="inner gradient steps on the test task", ylabel="mean episode return (95% CI)",
+           title="Adaptation on new tasks")
+    ax.set_xticks(range(max(len(r["returns"]) for r in rows)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths.append(out / "adaptation_curves.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    return paths
+
+
+def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3) -> list[Path]:
+    """Write ``results.md`` (+ ``results.json``), learning curves and adaptation curves to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = collect(run_dirs)
+    rows = [group_row(g, steps) for g in groups]
+    atomic_write_text(out / "results.md", markdown_table(rows, steps))
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    return [out / "results.md", out / "results.json", *plot_curves(groups, rows, out)]

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from caml_rl.cli import main
+from caml_rl.config import ConfigError
+from caml_rl.report import report
+from caml_rl.sweep import load_suite, sweep
+
+SMALL = """
+meta_batch_size: 3
+episodes_per_task: 2
+env: {settings: {horizon: 10}}
+policy: {hidden_sizes: [8]}
+evaluation: {tasks: 3, episodes: 2, steps: 2}
+device: cpu
+iterations: 2
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    (tmp_path / "small.yaml").write_text(SMALL)
+    path = tmp_path / "suite.yaml"
+    path.write_text(f"""
+out_root: {tmp_path / "results"}
+runs:
+  - name: nav/caml
+    config: {tmp_path / "small.yaml"}
+    seeds: [0, 1]
+  - name: nav/maml
+    config: {tmp_path / "small.yaml"}
+    set: ["adaptation.partition=all", "policy.context_size=0"]
+""")
+    return path
+
+
+def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, capsys):
+    root, runs = load_suite(suite)
+    assert [r.name for r in runs] == ["nav/caml_seed0", "nav/caml_seed1", "nav/maml"]
+    assert sweep(suite, jobs=2) == {"nav/caml_seed0": "done", "nav/caml_seed1": "done", "nav/maml": "done"}
+    # a second call finds everything finished and starts nothing
+    assert set(sweep(suite, dry_run=True).values()) == {"done"}
+    # extending one run's iterations makes it resumable, not restarted
+    (tmp_path / "small.yaml").write_text(SMALL.replace("iterations: 2", "iterations: 3"))
+    assert sweep(suite, dry_run=True, only="nav/maml") == {"nav/maml": "partial"}
+    sweep(suite, only="nav/maml")
+    assert json.loads((root / "nav/maml/eval.json").read_text())["iteration"] == 3
+
+    out = tmp_path / "report"
+    paths = report([root / "nav/caml_seed0", root / "nav/caml_seed1", root / "nav/maml"], out, steps=2)
+    assert all(p.stat().st_size > 0 for p in paths)
+    rows = json.loads((out / "results.json").read_text())
+    caml = next(r for r in rows if r["label"] == "nav/caml")
+    assert caml["seeds"] == 2 and caml["tasks"] == 6 and len(caml["returns"]) == 3
+    assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
+
+
+def test_bad_suites_and_report_inputs(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs:\n  - name: x\n")
+    with pytest.raises(ConfigError, match="needs name and config"):
+        load_suite(bad)
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert "has no eval.json" in capsys.readouterr().err
