@@ -28,9 +28,7 @@ def masked_task_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum((0, 2)) / mask.sum((0, 2)).clamp(min=1)
 
 
-def inner_loss(
-    policy: ContextMLPPolicy, fast: FastWeights, episodes: Episodes, adv: torch.Tensor
-) -> torch.Tensor:
+def inner_loss(policy: ContextMLPPolicy, fast: FastWeights, episodes: Episodes, adv: torch.Tensor) -> torch.Tensor:
     """REINFORCE loss of each task, ``[tasks]``: ``-mean(log pi(a|s) * A)``."""
     return -masked_task_mean(log_probs(policy, episodes, fast) * adv, episodes.mask)
 

@@ -14,7 +14,7 @@ import torch
 from caml_rl import envs
 
 from .config import load_config
-from .partition import initial_fast_weights, policy_forward
+from .partition import as_leaves, initial_fast_weights, policy_forward
 from .trainer import Trainer
 
 PRESETS = {
@@ -60,7 +60,7 @@ def physics_steps_per_s(dist: envs.TaskDistribution, num_envs: int, horizon: int
 def fwdbwd_seconds(trainer: Trainer, repeats: int = 3) -> float:
     """One forward + backward pass of the policy over an iteration's samples (pre + post)."""
     n = trainer.config.meta_batch_size
-    fast = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(trainer.policy, trainer.partition, n).items()}
+    fast = as_leaves(initial_fast_weights(trainer.policy, trainer.partition, n))
     tasks = trainer.distribution.sample_tasks(trainer.streams.tasks, n)
     ep = trainer.sampler.sample(trainer.policy, tasks, fast, trainer.streams.env, trainer.streams.actions)
     obs = torch.cat([ep.obs, ep.obs], dim=2)  # twice the batch: pre and post samples
@@ -91,15 +91,27 @@ def run_benchmark(
     if preset:
         p = PRESETS[preset]
         horizon = p["horizon"]
-        extra += [f"policy.hidden_sizes={p['hidden']}", f"policy.context_size={p['context'] if method == 'caml' else 0}"]
+        extra += [
+            f"policy.hidden_sizes={p['hidden']}",
+            f"policy.context_size={p['context'] if method == 'caml' else 0}",
+        ]
     if method == "maml":
         extra += ["adaptation.partition=all", "policy.context_size=0", "adaptation.inner_lr=0.1"]
     elif method != "caml":
         raise ValueError(f"--method {method!r}; allowed: caml, maml")
     if horizon:
         extra.append(f"env.settings.horizon={horizon}")
-    config = load_config(None, [f"env.name={env}", f"meta_batch_size={tasks}", f"episodes_per_task={episodes}",
-                                f"device={device}", *extra, *(overrides or [])])
+    config = load_config(
+        None,
+        [
+            f"env.name={env}",
+            f"meta_batch_size={tasks}",
+            f"episodes_per_task={episodes}",
+            f"device={device}",
+            *extra,
+            *(overrides or []),
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp)
         from .sampler import Sampler

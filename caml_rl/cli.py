@@ -14,6 +14,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, atomic_write_json
 from .config import ConfigError, load_config
 from .partition import PartitionError
+from .visualize import add_visualize_command, cmd_visualize
 
 USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNotFoundError)
 
@@ -21,8 +22,14 @@ USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNot
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a policy (default: CAML on 2D navigation)")
     p.add_argument("config", nargs="?", help="YAML config (see experiments/configs/); defaults if omitted")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)",
+    )
     p.add_argument("--out", help="run directory (default: runs/<env>_<partition>_<time>)")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     p.add_argument("--device", help="shortcut for --set device=D (cpu, cuda, auto)")
@@ -52,8 +59,11 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=3, help="meta-iterations to time")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--method", default="caml", choices=["caml", "maml"])
-    p.add_argument("--preset", choices=["paper", "maml-rl"],
-                   help="paper: horizon 200, 200x200, 50 context; maml-rl: horizon 100, 100x100 (overrides --horizon)")
+    p.add_argument(
+        "--preset",
+        choices=["paper", "maml-rl"],
+        help="paper: horizon 200, 200x200, 50 context; maml-rl: horizon 100, 100x100 (overrides --horizon)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -66,8 +76,17 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     for key in ("tasks", "episodes", "horizon", "iterations"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
-    result = run_benchmark(args.env, args.tasks, args.episodes, args.horizon, args.iterations, args.device,
-                           args.method, args.preset, args.overrides)
+    result = run_benchmark(
+        args.env,
+        args.tasks,
+        args.episodes,
+        args.horizon,
+        args.iterations,
+        args.device,
+        args.method,
+        args.preset,
+        args.overrides,
+    )
     if args.json:
         print(json.dumps(result))
         return
@@ -121,13 +140,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             if getattr(args, key) is not None:
                 overrides.append(f"{key}={getattr(args, key)}")
         config = load_config(args.config, overrides)
-        out = args.out or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_" + \
-            datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = (
+            args.out
+            or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_"
+            + datetime.now().strftime("%Y%m%d-%H%M%S")
+        )
         if (Path(out) / "checkpoints").is_dir() and any((Path(out) / "checkpoints").iterdir()):
             raise ConfigError(f"run directory {out!r} already has checkpoints; use --resume {out} or another --out")
         trainer = Trainer(config, out)
-        print(f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
-              f"{config.iterations} iterations -> {out}")
+        print(
+            f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
+            f"{config.iterations} iterations -> {out}"
+        )
     trainer.train(evaluate_at_end=not args.no_eval)
 
 
@@ -138,13 +162,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for key in ("tasks", "steps", "episodes"):
         value = getattr(args, key)
         if value is not None and value < (2 if key == "tasks" else 0 if key == "steps" else 1):
-            raise ConfigError(f"--{key} {value} is out of range; allowed: "
-                              + {"tasks": ">= 2", "steps": ">= 0", "episodes": ">= 1"}[key])
+            raise ConfigError(
+                f"--{key} {value} is out of range; allowed: "
+                + {"tasks": ">= 2", "steps": ">= 0", "episodes": ">= 1"}[key]
+            )
     result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, result.to_dict())
-    print(f"{result.env} (adapt={result.adapt}), iteration {result.iteration}, {result.num_tasks} new tasks "
-          f"x {result.episodes_per_task} episodes, seed {result.seed}:")
+    print(
+        f"{result.env} (adapt={result.adapt}), iteration {result.iteration}, {result.num_tasks} new tasks "
+        f"x {result.episodes_per_task} episodes, seed {result.seed}:"
+    )
     print(result.table())
     print(f"wrote {out}")
 
@@ -170,12 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(sub)
     _add_sweep(sub)
     _add_report(sub)
+    add_visualize_command(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "envs": cmd_envs, "benchmark": cmd_benchmark,
-            "sweep": cmd_sweep, "report": cmd_report}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "envs": cmd_envs,
+    "benchmark": cmd_benchmark,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+    "visualize": cmd_visualize,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ class Episodes:
     actions: torch.Tensor  # [T, tasks, episodes, act_dim] (or [T, tasks, episodes] if discrete)
     rewards: torch.Tensor  # [T, tasks, episodes]
     mask: torch.Tensor  # [T, tasks, episodes], float
+    success: torch.Tensor | None = None  # [tasks, episodes] bool, for envs that report success
 
     @property
     def num_tasks(self) -> int:
@@ -35,12 +36,16 @@ class Episodes:
         """Mean episode return of each task, ``[tasks]``."""
         return self.episode_returns().mean(-1)
 
+    def task_success(self) -> torch.Tensor | None:
+        """Fraction of each task's episodes that succeeded, ``[tasks]`` (None if not reported)."""
+        return None if self.success is None else self.success.float().mean(-1)
+
 
 def discount_matrix(length: int, factor: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``M[t, s] = factor**(s - t)`` for ``s >= t``: discounted sums become one matmul over time."""
     idx = torch.arange(length, device=device, dtype=dtype)
     power = idx[None, :] - idx[:, None]
-    return torch.where(power >= 0, factor**power.clamp(min=0), torch.zeros((), device=device, dtype=dtype))
+    return torch.where(power >= 0, factor ** power.clamp(min=0), torch.zeros((), device=device, dtype=dtype))
 
 
 def discounted_sum(x: torch.Tensor, factor: float) -> torch.Tensor:

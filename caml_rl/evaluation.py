@@ -7,6 +7,7 @@ deployed policy would. Test tasks come from a seed stream the trainer never uses
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -15,10 +16,11 @@ import torch
 from caml_rl.envs.base import TaskDistribution
 
 from .adaptation import adapt, advantages
-from .partition import initial_fast_weights
+from .episodes import Episodes
+from .partition import FastWeights, as_leaves, initial_fast_weights
 from .policies import ContextMLPPolicy
 from .sampler import Sampler
-from .seeding import EVAL_STREAM, make_streams
+from .seeding import EVAL_STREAM, Streams, make_streams
 
 Z95 = 1.959963984540054
 
@@ -45,15 +47,40 @@ class EvalResult:
     task_returns: list[list[float]] = field(default_factory=list)  # [steps+1][tasks]
     tasks: list[list[float]] = field(default_factory=list)  # the test tasks' parameters
     task_names: list[str] = field(default_factory=list)
+    success_rates: list[float] = field(default_factory=list)  # per step, for envs that report success
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
-        rows = [f"{'inner steps':>11} | {'mean return':>11} | {'95% CI':>8}"]
+        rows = [
+            f"{'inner steps':>11} | {'mean return':>11} | {'95% CI':>8}" + (" | success" if self.success_rates else "")
+        ]
         for k, (r, c) in enumerate(zip(self.returns, self.ci95)):
-            rows.append(f"{k:>11} | {r:11.2f} | ±{c:7.2f}")
+            extra = f" | {self.success_rates[k]:7.1%}" if self.success_rates else ""
+            rows.append(f"{k:>11} | {r:11.2f} | ±{c:7.2f}" + extra)
         return "\n".join(rows)
+
+
+def adaptation_steps(
+    policy: ContextMLPPolicy,
+    sampler: Sampler,
+    partition: tuple[str, ...],
+    tasks: np.ndarray,
+    steps: int,
+    inner_lr: float,
+    gamma: float,
+    gae_lambda: float,
+    streams: Streams,
+) -> Iterator[tuple[int, Episodes, FastWeights]]:
+    """Test-time adaptation as a deployed policy does it: for ``k = 0..steps`` yield the episodes
+    sampled with the fast values after ``k`` inner steps (and those values), then adapt on them."""
+    fast = as_leaves(initial_fast_weights(policy, partition, len(tasks)))
+    for k in range(steps + 1):
+        ep = sampler.sample(policy, tasks, fast, streams.env, streams.actions)
+        yield k, ep, {n: v.detach() for n, v in fast.items()}
+        if k < steps:
+            fast = as_leaves(adapt(policy, fast, ep, advantages(ep, gamma, gae_lambda), inner_lr, 1, False))
 
 
 def evaluate(
@@ -77,16 +104,15 @@ def evaluate(
     streams = make_streams(seed, EVAL_STREAM, device)
     tasks = distribution.sample_tasks(streams.tasks, num_tasks)
     sampler = Sampler(distribution, num_tasks, episodes, torch.device(device))
-    fast = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(policy, partition, num_tasks).items()}
     per_step: list[np.ndarray] = []
+    success: list[np.ndarray] = []
     try:
-        for k in range(steps + 1):
-            ep = sampler.sample(policy, tasks, fast, streams.env, streams.actions)
+        for _, ep, _ in adaptation_steps(
+            policy, sampler, partition, tasks, steps, inner_lr, gamma, gae_lambda, streams
+        ):
             per_step.append(ep.task_returns().cpu().double().numpy())
-            if k < steps:
-                adv = advantages(ep, gamma, gae_lambda)
-                fast = adapt(policy, fast, ep, adv, inner_lr, 1, create_graph=False)
-                fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+            if ep.success is not None:
+                success.append(ep.task_success().cpu().double().numpy())
     finally:
         sampler.close()
     stats = [mean_ci95(r) for r in per_step]
@@ -103,4 +129,5 @@ def evaluate(
         task_returns=[r.tolist() for r in per_step],
         tasks=tasks.tolist(),
         task_names=list(distribution.task_names),
+        success_rates=[float(x.mean()) for x in success],
     )

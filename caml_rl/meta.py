@@ -57,9 +57,7 @@ def meta_update(
 
     def adapted(create_graph: bool) -> tuple[FastWeights, FastWeights]:
         start = initial_fast_weights(policy, names, num_tasks)
-        fast = adapt(
-            policy, start, batch.pre, batch.pre_adv, adapt_cfg.inner_lr, adapt_cfg.inner_steps, create_graph
-        )
+        fast = adapt(policy, start, batch.pre, batch.pre_adv, adapt_cfg.inner_lr, adapt_cfg.inner_steps, create_graph)
         return start, fast
 
     def surrogate(params_out: tuple[torch.Tensor, ...], old_logp: torch.Tensor) -> torch.Tensor:

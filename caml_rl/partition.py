@@ -46,11 +46,19 @@ def initial_fast_weights(policy: ContextMLPPolicy, names: tuple[str, ...], num_t
     fast: FastWeights = {}
     for name in names:
         if name == "context":
-            fast[name] = torch.zeros(num_tasks, policy.context_size, device=ref.device, dtype=ref.dtype, requires_grad=True)
+            fast[name] = torch.zeros(
+                num_tasks, policy.context_size, device=ref.device, dtype=ref.dtype, requires_grad=True
+            )
         else:
             p = params[name]
             fast[name] = p.unsqueeze(0).expand(num_tasks, *p.shape)
     return fast
+
+
+def as_leaves(fast: FastWeights) -> FastWeights:
+    """Detached copies that accept gradients: the start of a non-differentiable adaptation
+    (sampling, evaluation), where nothing flows back into the shared parameters."""
+    return {k: v.detach().requires_grad_(True) for k, v in fast.items()}
 
 
 def policy_forward(policy: ContextMLPPolicy, obs: torch.Tensor, fast: FastWeights) -> tuple[torch.Tensor, ...]:

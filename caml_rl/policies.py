@@ -19,7 +19,9 @@ from .config import PolicyConfig
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
-def make_policy(cfg: PolicyConfig, observation_space: gym.spaces.Box, action_space: gym.spaces.Space) -> ContextMLPPolicy:
+def make_policy(
+    cfg: PolicyConfig, observation_space: gym.spaces.Box, action_space: gym.spaces.Space
+) -> ContextMLPPolicy:
     """The policy a config describes, for a task distribution's spaces."""
     return ContextMLPPolicy(
         int(np.prod(observation_space.shape)),
@@ -86,15 +88,30 @@ class ContextMLPPolicy(nn.Module):
         mean, log_std = params
         return Independent(Normal(mean, log_std.exp()), 1)
 
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The randomness of one action draw: standard normal (Gaussian) or uniform (categorical).
+
+        ``shape`` is the batch shape (plus the action dims for a Gaussian head); drawing it
+        separately lets a distributed sampler draw the whole batch's noise and keep its share.
+        """
+        if self.discrete:
+            return torch.rand(shape, generator=generator, device=device)
+        return torch.randn(shape, generator=generator, device=device)
+
+    def noise_shape(self, params: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+        return tuple(params[0].shape[:-1]) if self.discrete else tuple(params[0].shape)
+
+    def action_from_noise(self, params: tuple[torch.Tensor, ...], noise: torch.Tensor) -> torch.Tensor:
+        if self.discrete:  # inverse CDF of the categorical
+            cdf = torch.softmax(params[0], dim=-1).cumsum(-1)
+            return (cdf < noise.unsqueeze(-1)).sum(-1).clamp(max=params[0].shape[-1] - 1)
+        mean, log_std = params
+        return mean + log_std.exp() * noise.to(mean.dtype)
+
     def sample(self, params: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
         """Draw actions with an explicit generator, so runs are reproducible and resumable."""
-        if self.discrete:
-            probs = torch.softmax(params[0], dim=-1)
-            flat = probs.reshape(-1, probs.shape[-1])
-            return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-        mean, log_std = params
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + log_std.exp() * noise
+        noise = self.draw_noise(self.noise_shape(params), generator, params[0].device)
+        return self.action_from_noise(params, noise)
 
     @staticmethod
     def mode(params: tuple[torch.Tensor, ...], discrete: bool) -> torch.Tensor:

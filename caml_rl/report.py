@@ -17,7 +17,6 @@ import numpy as np
 from .checkpoint import CheckpointError, atomic_write_text
 from .evaluation import mean_ci95
 
-
 SEED_SUFFIX = re.compile(r"_seed\d+$")
 
 
@@ -38,7 +37,9 @@ def collect(run_dirs: list[str | Path]) -> list[RunGroup]:
     for d in map(Path, run_dirs):
         eval_path = d / "eval.json"
         if not eval_path.is_file():
-            raise CheckpointError(f"run directory {str(d)!r} has no eval.json (train to the end or `caml-rl evaluate` it)")
+            raise CheckpointError(
+                f"run directory {str(d)!r} has no eval.json (train to the end or `caml-rl evaluate` it)"
+            )
         g = groups.setdefault(group_label(d), RunGroup(group_label(d)))
         g.runs.append(d)
         g.evals.append(json.loads(eval_path.read_text()))
@@ -73,8 +74,16 @@ def markdown_table(rows: list[dict], steps: int) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         its = ",".join(map(str, r["iterations"]))
-        cells = [r["label"], r["env"], r["adapt"], str(r["seeds"]), str(r["tasks"]), its,
-                 f"{r['env_steps'] / 1e6:.1f}", f"{r['wall_hours']:.2f}"]
+        cells = [
+            r["label"],
+            r["env"],
+            r["adapt"],
+            str(r["seeds"]),
+            str(r["tasks"]),
+            its,
+            f"{r['env_steps'] / 1e6:.1f}",
+            f"{r['wall_hours']:.2f}",
+        ]
         cells += [f"{m:.2f} ± {c:.2f}" for m, c in zip(r["returns"], r["ci95"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -112,8 +121,11 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     for r in rows:
         k = np.arange(len(r["returns"]))
         ax.errorbar(k, r["returns"], yerr=r["ci95"], marker="o", capsize=3, label=r["label"])
-    ax.set(xlabel="inner gradient steps on the test task", ylabel="mean episode return (95% CI)",
-           title="Adaptation on new tasks")
+    ax.set(
+        xlabel="inner gradient steps on the test task",
+        ylabel="mean episode return (95% CI)",
+        title="Adaptation on new tasks",
+    )
     ax.set_xticks(range(max(len(r["returns"]) for r in rows)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

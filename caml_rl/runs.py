@@ -11,11 +11,10 @@ import torch
 
 from caml_rl import envs
 
-from .adaptation import adapt, advantages
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import Config, from_dict
-from .evaluation import EvalResult, evaluate
-from .partition import FastWeights, initial_fast_weights, policy_forward, resolve_partition
+from .evaluation import EvalResult, adaptation_steps, evaluate
+from .partition import FastWeights, policy_forward, resolve_partition
 from .policies import ContextMLPPolicy, make_policy
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams
@@ -30,42 +29,51 @@ class LoadedRun:
     iteration: int
     run_dir: Path
 
-    def evaluate(self, tasks: int | None = None, steps: int | None = None, episodes: int | None = None,
-                 seed: int | None = None, inner_lr: float | None = None) -> EvalResult:
+    def evaluate(
+        self,
+        tasks: int | None = None,
+        steps: int | None = None,
+        episodes: int | None = None,
+        seed: int | None = None,
+        inner_lr: float | None = None,
+    ) -> EvalResult:
         e, a = self.config.evaluation, self.config.adaptation
         return evaluate(
-            self.policy, self.distribution, self.partition,
-            num_tasks=tasks or e.tasks, steps=e.steps if steps is None else steps,
-            episodes=episodes or e.episodes, inner_lr=inner_lr or e.inner_lr or a.inner_lr,
-            gamma=a.gamma, gae_lambda=a.gae_lambda, seed=self.config.seed if seed is None else seed,
-            env_name=self.config.env.name, adapt_name=a.partition, iteration=self.iteration,
+            self.policy,
+            self.distribution,
+            self.partition,
+            num_tasks=tasks or e.tasks,
+            steps=e.steps if steps is None else steps,
+            episodes=episodes or e.episodes,
+            inner_lr=inner_lr or e.inner_lr or a.inner_lr,
+            gamma=a.gamma,
+            gae_lambda=a.gae_lambda,
+            seed=self.config.seed if seed is None else seed,
+            env_name=self.config.env.name,
+            adapt_name=a.partition,
+            iteration=self.iteration,
         )
 
     def adapt(self, task: Any, steps: int = 1, episodes: int = 20, seed: int = 0) -> AdaptedPolicy:
         """Adapt to one task (its parameter row, e.g. ``[0.3, -0.2]``) with ``steps`` inner steps,
-        each on fresh episodes."""
+        each on fresh episodes; ``returns_during_adaptation`` holds the mean return after 0..steps."""
         task_row = np.asarray(task, dtype=np.float64).reshape(1, -1)
         names = self.distribution.task_names
         if task_row.shape[1] != len(names):
             raise ValueError(f"task {task!r} needs {len(names)} numbers: {', '.join(names)}")
         a = self.config.adaptation
         lr = self.config.evaluation.inner_lr or a.inner_lr
-        streams = make_streams(seed, EVAL_STREAM)
-        fast = _fresh(initial_fast_weights(self.policy, self.partition, 1))
         sampler = Sampler(self.distribution, 1, episodes, torch.device("cpu"))
+        streams = make_streams(seed, EVAL_STREAM)
         returns = []
         try:
-            for _ in range(steps):
-                ep = sampler.sample(self.policy, task_row, fast, streams.env, streams.actions)
+            for _, ep, fast in adaptation_steps(  # noqa: B007 (fast is the result)
+                self.policy, sampler, self.partition, task_row, steps, lr, a.gamma, a.gae_lambda, streams
+            ):
                 returns.append(float(ep.task_returns()[0]))
-                fast = _fresh(adapt(self.policy, fast, ep, advantages(ep, a.gamma, a.gae_lambda), lr, 1, False))
         finally:
             sampler.close()
-        return AdaptedPolicy(self.policy, {k: v.detach() for k, v in fast.items()}, task_row[0], returns)
-
-
-def _fresh(fast: FastWeights) -> FastWeights:
-    return {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+        return AdaptedPolicy(self.policy, fast, task_row[0], returns)
 
 
 class AdaptedPolicy:
@@ -80,8 +88,9 @@ class AdaptedPolicy:
         return self.fast.get("context", None)
 
     @torch.no_grad()
-    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[np.ndarray, None]:
+    def predict(
+        self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, None]:
         obs = torch.as_tensor(np.asarray(observation), dtype=torch.float32)
         single = obs.dim() == 1
         obs = obs.reshape(1, 1, -1, obs.shape[-1])  # [T=1, tasks=1, n, obs_dim]
@@ -104,7 +113,15 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loade
     try:
         policy.load_state_dict(payload["policy"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its config: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match its config: {str(exc).splitlines()[0]}"
+        ) from None
     policy.eval()
-    return LoadedRun(config, policy, dist, resolve_partition(policy, config.adaptation.partition),
-                     int(payload["iteration"]), Path(run_dir))
+    return LoadedRun(
+        config,
+        policy,
+        dist,
+        resolve_partition(policy, config.adaptation.partition),
+        int(payload["iteration"]),
+        Path(run_dir),
+    )

@@ -20,10 +20,19 @@ class Sampler:
     """Owns the batched env for ``num_tasks x episodes_per_task`` simulations."""
 
     def __init__(
-        self, distribution: TaskDistribution, num_tasks: int, episodes_per_task: int, device: torch.device
+        self,
+        distribution: TaskDistribution,
+        num_tasks: int,
+        episodes_per_task: int,
+        device: torch.device,
+        shard: tuple[int, int] | None = None,
     ):
+        """``shard = (first_task, total_tasks)``: this sampler runs tasks ``first_task ..
+        first_task + num_tasks`` of a meta-batch of ``total_tasks`` (distributed training) and
+        draws the action noise of the whole batch, so sharding does not change any episode."""
         self.distribution = distribution
         self.num_tasks, self.episodes_per_task = num_tasks, episodes_per_task
+        self.shard = shard
         self.device = torch.device(device)
         self.env: BatchedEnv = distribution.make_vec_env(num_tasks * episodes_per_task, self.device)
 
@@ -69,10 +78,14 @@ class Sampler:
         rew_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
         mask_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
         alive = torch.ones(n_t, n_e, dtype=torch.bool, device=self.device)
+        succeeded = torch.zeros(n_t, n_e, dtype=torch.bool, device=self.device)
         for t in range(horizon):
             obs = obs.view(1, n_t, n_e, -1)
             params = policy_forward(policy, obs, fast)
-            action = policy.mode(params, policy.discrete) if deterministic else policy.sample(params, generator)
+            if deterministic:
+                action = policy.mode(params, policy.discrete)
+            else:
+                action = policy.action_from_noise(params, self._noise(policy, params, generator))
             if act_buf is None:
                 act_buf = torch.zeros(horizon, *action.shape[1:], dtype=action.dtype, device=self.device)
             alive_f = alive.to(obs.dtype)
@@ -81,11 +94,21 @@ class Sampler:
             mask_buf[t] = alive_f
             next_obs, reward, terminated = self.env.step(action.reshape(n_t * n_e, *action.shape[3:]))
             rew_buf[t] = reward.to(self.device).view(n_t, n_e) * alive_f
+            if self.env.success is not None:
+                succeeded |= self.env.success.to(self.device).view(n_t, n_e) & alive
             alive = alive & ~terminated.to(self.device).view(n_t, n_e)
             obs = next_obs.to(self.device)
             if not alive.any():
                 break
-        return Episodes(obs_buf, act_buf, rew_buf, mask_buf)
+        return Episodes(obs_buf, act_buf, rew_buf, mask_buf, succeeded if self.env.success is not None else None)
+
+    def _noise(self, policy: ContextMLPPolicy, params: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        shape = policy.noise_shape(params)  # [1, tasks, episodes, ...]
+        if self.shard is None:
+            return policy.draw_noise(shape, gen, self.device)
+        first, total = self.shard
+        full = policy.draw_noise((shape[0], total, *shape[2:]), gen, self.device)
+        return full[:, first : first + self.num_tasks]
 
     def close(self) -> None:
         self.env.close()

@@ -45,7 +45,9 @@ def load_suite(path: str | Path) -> tuple[Path, list[SuiteRun]]:
     for i, entry in enumerate(data.get("runs") or []):
         bad = set(entry) - {"name", "config", "set", "seeds"}
         if bad or "name" not in entry or "config" not in entry:
-            raise ConfigError(f"suite {path} run #{i}: needs name and config; optional set, seeds (got {sorted(entry)})")
+            raise ConfigError(
+                f"suite {path} run #{i}: needs name and config; optional set, seeds (got {sorted(entry)})"
+            )
         seeds = entry.get("seeds")
         for seed in seeds if seeds is not None else [None]:
             name = entry["name"] if seed is None else f"{entry['name']}_seed{seed}"

@@ -29,7 +29,7 @@ from .config import Config, ConfigError, from_dict
 from .evaluation import EvalResult, evaluate
 from .logging import ProgressLine, make_logger
 from .meta import MetaBatch, meta_update
-from .partition import initial_fast_weights, resolve_partition
+from .partition import as_leaves, initial_fast_weights, resolve_partition
 from .policies import make_policy
 from .sampler import Sampler
 from .seeding import TRAIN_STREAM, make_streams
@@ -140,7 +140,7 @@ class Trainer:
         cfg, n = self.config, self.config.meta_batch_size
         t0 = time.perf_counter()
         tasks = self.distribution.sample_tasks(self.streams.tasks, n)
-        start = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(self.policy, self.partition, n).items()}
+        start = as_leaves(initial_fast_weights(self.policy, self.partition, n))
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
         t_pre = time.perf_counter() - t0
         pre_adv = advantages(pre, cfg.adaptation.gamma, cfg.adaptation.gae_lambda)

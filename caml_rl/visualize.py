@@ -29,10 +29,10 @@ import torch
 
 from caml_rl.envs.base import BatchedEnv
 
-from .adaptation import adapt, advantages
 from .checkpoint import CheckpointError
 from .episodes import Episodes
-from .partition import FastWeights, initial_fast_weights
+from .evaluation import adaptation_steps
+from .partition import FastWeights
 from .runs import LoadedRun, load_run
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams
@@ -76,6 +76,10 @@ class _Recorder(BatchedEnv):
         self.sim = getattr(env, "sim", None)
         self.render_ids = render_ids
 
+    @property
+    def success(self) -> torch.Tensor | None:  # type: ignore[override]
+        return self.env.success
+
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         obs = self.env.reset(tasks, rng)
         self.obs, self.velocity, self.qpos, self.qvel = [obs.cpu().numpy().copy()], [], [], []
@@ -101,8 +105,13 @@ class _Recorder(BatchedEnv):
 
 
 def rollout_adaptation(
-    run: LoadedRun, tasks: np.ndarray, steps: Sequence[int], *, episodes: int | None = None,
-    seed: int | None = None, through: int | None = None,
+    run: LoadedRun,
+    tasks: np.ndarray,
+    steps: Sequence[int],
+    *,
+    episodes: int | None = None,
+    seed: int | None = None,
+    through: int | None = None,
 ) -> tuple[list[StepRecord], FastWeights]:
     """Adapt to every task step by step on fresh episodes, recording the ``steps`` asked for.
 
@@ -117,32 +126,27 @@ def rollout_adaptation(
     streams = make_streams(run.config.seed if seed is None else seed, EVAL_STREAM)
     sampler = Sampler(run.distribution, n_t, episodes, torch.device("cpu"))
     sampler.env = recorder = _Recorder(sampler.env, np.arange(n_t) * episodes)
-    fast = {k: v.detach().requires_grad_(True) for k, v in initial_fast_weights(run.policy, run.partition, n_t).items()}
     records: list[StepRecord] = []
+    lr = e.inner_lr or a.inner_lr
     try:
-        for k in range(last + 1):
-            if k not in steps and k == last:
-                break
-            ep = sampler.sample(run.policy, tasks, fast, streams.env, streams.actions)
+        for k, ep, fast in adaptation_steps(
+            run.policy, sampler, run.partition, tasks, last, lr, a.gamma, a.gae_lambda, streams
+        ):
             if k in steps:
                 shape = (-1, n_t, episodes)
                 obs = np.stack(recorder.obs).reshape(*shape, recorder.obs[0].shape[-1])
                 vel = np.stack(recorder.velocity).reshape(shape) if recorder.velocity else None
                 qpos = np.stack(recorder.qpos) if recorder.qpos else None
                 qvel = np.stack(recorder.qvel) if recorder.qvel else None
-                detached = {n: v.detach().clone() for n, v in fast.items()}
-                records.append(StepRecord(k, ep, detached, obs, vel, qpos, qvel))
-            if k < last:
-                fast = adapt(run.policy, fast, ep, advantages(ep, a.gamma, a.gae_lambda),
-                             e.inner_lr or a.inner_lr, 1, create_graph=False)
-                fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+                records.append(StepRecord(k, ep, fast, obs, vel, qpos, qvel))
     finally:
         sampler.close()
-    return records, {n: v.detach() for n, v in fast.items()}
+    return records, fast
 
 
 def sample_eval_tasks(run: LoadedRun, num_tasks: int, seed: int | None = None) -> np.ndarray:
-    """The first ``num_tasks`` test tasks of the evaluation stream (the same ones `evaluate` uses)."""
+    """``num_tasks`` test tasks from the evaluation seed stream (the built-in distributions give the
+    first ``num_tasks`` of the tasks ``evaluate`` uses with the same seed)."""
     streams = make_streams(run.config.seed if seed is None else seed, EVAL_STREAM)
     return run.distribution.sample_tasks(streams.tasks, num_tasks)
 
@@ -192,8 +196,8 @@ def _save(fig: Any, out: Path) -> Path:
 def _step_colors(steps: Sequence[int]) -> list:
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"]
-    return [cmap(i / max(1, len(steps) - 1) * 0.85) for i in range(len(steps))]
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(len(steps))]
 
 
 def _float(value: str | None) -> float:
@@ -241,7 +245,7 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max
     filled = np.nan_to_num(accepted)
     rolling = np.convolve(filled, np.ones(window) / window, mode="valid")
     ax_acc.plot(it, accepted, "|", color="0.6", ms=8, label="accepted (1) / rejected (0)")
-    ax_acc.plot(it[window - 1:], rolling, color="tab:green", label=f"rolling acceptance rate ({window} iterations)")
+    ax_acc.plot(it[window - 1 :], rolling, color="tab:green", label=f"rolling acceptance rate ({window} iterations)")
     ax_acc.set(ylabel="acceptance rate", xlabel="meta-iteration", ylim=(-0.05, 1.05))
     for ax in (ax_r, ax_kl, ax_acc):
         ax.grid(alpha=0.3)
@@ -271,8 +275,14 @@ def _nav_limits(run: LoadedRun, records: list[StepRecord], tasks: np.ndarray) ->
 
 def _nav_panel(ax: Any, run: LoadedRun, rec: StepRecord, task: int, goal: np.ndarray, lim: tuple[float, float]) -> None:
     for e, traj in enumerate(_nav_trajectories(rec, task)[:MAX_TRAJECTORIES]):
-        ax.plot(traj[:, 0], traj[:, 1], lw=0.8, alpha=0.7, color="tab:blue",
-                label=f"episodes ({min(MAX_TRAJECTORIES, rec.obs.shape[2])} shown)" if e == 0 else None)
+        ax.plot(
+            traj[:, 0],
+            traj[:, 1],
+            lw=0.8,
+            alpha=0.7,
+            color="tab:blue",
+            label=f"episodes ({min(MAX_TRAJECTORIES, rec.obs.shape[2])} shown)" if e == 0 else None,
+        )
     start = rec.obs[0, task, 0]
     ax.plot(*start, "o", color="black", ms=6, label="start")
     ax.plot(*goal, "*", color="tab:red", ms=14, mec="black", label="goal")
@@ -282,18 +292,26 @@ def _nav_panel(ax: Any, run: LoadedRun, rec: StepRecord, task: int, goal: np.nda
 
         ax.add_patch(Circle(tuple(goal), radius, fill=False, color="tab:red", lw=0.8))
     ret = float(rec.episodes.task_returns()[task])
-    ax.set(xlim=lim, ylim=lim, aspect="equal", title=f"step {rec.step}: return {ret:.1f}")
+    ax.set(xlim=lim, ylim=lim, aspect="equal", title=f"step {rec.step}: mean return {ret:.1f}")
     ax.grid(alpha=0.3)
 
 
 def plot_navigation(
-    run: LoadedRun | str | Path, tasks: np.ndarray, steps: Sequence[int] = (0, 1, 2, 3), out: str | Path = ".",
-    *, episodes: int | None = None, seed: int | None = None, records: list[StepRecord] | None = None,
+    run: LoadedRun | str | Path,
+    tasks: np.ndarray,
+    steps: Sequence[int] = (0, 1, 2, 3),
+    out: str | Path = ".",
+    *,
+    episodes: int | None = None,
+    seed: int | None = None,
+    records: list[StepRecord] | None = None,
 ) -> list[Path]:
     """One PNG per task (a panel per step) and one grid PNG over up to 6 tasks, written into ``out``."""
     run = _as_run(run)
     if not _is_navigation(run):
-        raise ValueError(f"env {run.config.env.name!r} is not a 2D navigation env; plot_navigation needs goal_x, goal_y")
+        raise ValueError(
+            f"env {run.config.env.name!r} is not a 2D navigation env; plot_navigation needs goal_x, goal_y"
+        )
     tasks = np.asarray(tasks, dtype=np.float64).reshape(-1, 2)
     steps = sorted(set(steps))
     if records is None:
@@ -316,8 +334,11 @@ def plot_navigation(
     for i in range(n):
         for j, rec in enumerate(records):
             _nav_panel(grid[i, j], run, rec, i, tasks[i], lim)
-            grid[i, j].set_title(f"goal ({tasks[i, 0]:.2f}, {tasks[i, 1]:.2f}), step {rec.step}: "
-                                 f"{float(rec.episodes.task_returns()[i]):.1f}", fontsize="small")
+            grid[i, j].set_title(
+                f"goal ({tasks[i, 0]:.2f}, {tasks[i, 1]:.2f}), step {rec.step}: "
+                f"{float(rec.episodes.task_returns()[i]):.1f}",
+                fontsize="small",
+            )
         grid[i, 0].set_ylabel("y position (env units)")
     for ax in grid[-1]:
         ax.set_xlabel("x position (env units)")
@@ -330,16 +351,24 @@ def plot_navigation(
 
 # ================================================================ context embedding
 def plot_context_embedding(
-    run: LoadedRun | str | Path, tasks: np.ndarray | None = None, out: str | Path = "context_embedding.png",
-    *, num_tasks: int = EMBEDDING_TASKS, episodes: int | None = None, seed: int | None = None,
-    highlight: Sequence[int] = (), notify: Callable[[str], None] = notice,
+    run: LoadedRun | str | Path,
+    tasks: np.ndarray | None = None,
+    out: str | Path = "context_embedding.png",
+    *,
+    num_tasks: int = EMBEDDING_TASKS,
+    episodes: int | None = None,
+    seed: int | None = None,
+    highlight: Sequence[int] = (),
+    notify: Callable[[str], None] = notice,
 ) -> Path | None:
     """Scatter of the contexts after one inner step, first two principal components, coloured by the
     first task parameter. ``highlight``: indices of tasks to mark with a star. None if no context adapts."""
     run = _as_run(run)
     if run.policy.context_size == 0 or "context" not in run.partition:
-        notify(f"no context embedding: this run adapts no context (context_size={run.policy.context_size}, "
-               f"partition={run.config.adaptation.partition!r})")
+        notify(
+            f"no context embedding: this run adapts no context (context_size={run.policy.context_size}, "
+            f"partition={run.config.adaptation.partition!r})"
+        )
         return None
     tasks = sample_eval_tasks(run, num_tasks, seed) if tasks is None else np.asarray(tasks, dtype=np.float64)
     tasks = tasks.reshape(-1, len(run.distribution.task_names))
@@ -357,17 +386,35 @@ def plot_context_embedding(
     fig = _figure(8, 6.5)
     ax = fig.subplots()
     name = run.distribution.task_names[0]
-    sc = ax.scatter(pcs[:, 0], pcs[:, 1], c=tasks[:, 0], cmap="viridis", s=45, edgecolors="black", lw=0.5,
-                    label=f"adapted context, {len(tasks)} tasks")
+    sc = ax.scatter(
+        pcs[:, 0],
+        pcs[:, 1],
+        c=tasks[:, 0],
+        cmap="viridis",
+        s=45,
+        edgecolors="black",
+        lw=0.5,
+        label=f"adapted context, {len(tasks)} tasks",
+    )
     fig.colorbar(sc, ax=ax, label=f"task parameter {name}")
     if len(highlight):
         h = list(highlight)
-        ax.scatter(pcs[h, 0], pcs[h, 1], marker="*", s=300, c="none", edgecolors="tab:red", lw=1.5,
-                   label="requested task")
-    ax.set(xlabel=f"PC 1 ({100 * share[0]:.0f}% of variance, context units)",
-           ylabel=f"PC 2 ({100 * share[1]:.0f}% of variance, context units)",
-           title=f"Contexts after 1 inner step (PCA of {ctx.shape[1]}-d context) [{run.config.env.name}, "
-                 f"iteration {run.iteration}]")
+        ax.scatter(
+            pcs[h, 0],
+            pcs[h, 1],
+            marker="*",
+            s=300,
+            c="none",
+            edgecolors="tab:red",
+            lw=1.5,
+            label="requested task",
+        )
+    ax.set(
+        xlabel=f"PC 1 ({100 * share[0]:.0f}% of variance, context units)",
+        ylabel=f"PC 2 ({100 * share[1]:.0f}% of variance, context units)",
+        title=f"Contexts after 1 inner step (PCA of {ctx.shape[1]}-d context) [{run.config.env.name}, "
+        f"iteration {run.iteration}]",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return _save(fig, Path(out))
@@ -375,7 +422,10 @@ def plot_context_embedding(
 
 # ========================================================================= MuJoCo
 def _gl_context(width: int, height: int) -> tuple[Any, str]:
-    """An offscreen GL context from the first backend that works: ``$MUJOCO_GL``, egl, osmesa (glfw with a display)."""
+    """An offscreen GL context from the first backend that works.
+
+    Tried in order: ``$MUJOCO_GL``, egl, osmesa, and glfw when there is a display.
+    """
     order = [os.environ.get("MUJOCO_GL", "").lower().strip(), *GL_BACKENDS]
     if os.environ.get("DISPLAY"):
         order.append("glfw")
@@ -387,8 +437,10 @@ def _gl_context(width: int, height: int) -> tuple[Any, str]:
             return ctx, name
         except Exception as exc:  # missing library, no device, wrong PYOPENGL_PLATFORM, ...
             tried.append(f"{name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]}")
-    raise RenderError(f"no OpenGL backend could render (tried {'; '.join(tried)}); install EGL (libegl1) "
-                      "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or osmesa")
+    raise RenderError(
+        f"no OpenGL backend could render (tried {'; '.join(tried)}); install EGL (libegl1) "
+        "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or osmesa"
+    )
 
 
 class _Renderer:
@@ -457,7 +509,7 @@ def video_frames(run: LoadedRun, records: list[StepRecord], task: int, tasks: np
             ret = float(rec.episodes.episode_returns()[task, 0])
             steps_taken = int(rec.episodes.mask[:, task, 0].sum())
             frames = [renderer.render(rec.qpos[t, task], rec.qvel[t, task]) for t in range(steps_taken + 1)]
-            cap = _caption([_task_label(run, tasks[task]), f"step {rec.step}   return {ret:.1f}"], PANEL_W)
+            cap = _caption([_task_label(run, tasks[task]), f"step {rec.step}   episode return {ret:.1f}"], PANEL_W)
             panels.append([np.concatenate([cap, f], 0) for f in frames])
     finally:
         renderer.close()
@@ -493,11 +545,17 @@ def plot_velocity(run: LoadedRun, records: list[StepRecord], task: int, tasks: n
     dt = float(run.distribution.dt)
     for rec, color in zip(records, _step_colors([r.step for r in records]), strict=True):
         v, m = rec.velocity[:, task], rec.episodes.mask[: len(rec.velocity), task].numpy()
-        count = np.maximum(m.sum(1), 1)
-        mean = (v * m).sum(1) / count
-        std = np.sqrt((((v - mean[:, None]) * m) ** 2).sum(1) / count)
+        count = m.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # no episode left alive: NaN, not drawn
+            mean = (v * m).sum(1) / count
+            std = np.sqrt((((v - mean[:, None]) * m) ** 2).sum(1) / count)
         t = dt * np.arange(1, len(mean) + 1)
-        ax.plot(t, mean, color=color, label=f"step {rec.step} (return {float(rec.episodes.task_returns()[task]):.1f})")
+        ax.plot(
+            t,
+            mean,
+            color=color,
+            label=f"step {rec.step} (mean return {float(rec.episodes.task_returns()[task]):.1f})",
+        )
         ax.fill_between(t, mean - std, mean + std, color=color, alpha=0.15)
     names, row = run.distribution.task_names, tasks[task]
     if names[0] == "goal_velocity":
@@ -505,9 +563,12 @@ def plot_velocity(run: LoadedRun, records: list[StepRecord], task: int, tasks: n
     elif names[0] == "direction":
         ax.axhline(0.0, color="0.3", ls=":", lw=1)
         ax.plot([], [], " ", label=f"desired direction: {'forward (+x)' if row[0] > 0 else 'backward (-x)'}")
-    ax.set(xlabel="time (s)", ylabel="forward velocity (m/s)",
-           title=f"Forward velocity after each inner step, {_task_label(run, row)} "
-                 f"[{run.config.env.name}, iteration {run.iteration}; mean ± std over episodes]")
+    ax.set(
+        xlabel="time (s)",
+        ylabel="forward velocity (m/s)",
+        title=f"Forward velocity after each inner step, {_task_label(run, row)} "
+        f"[{run.config.env.name}, iteration {run.iteration}; mean ± std over episodes]",
+    )
     ax.title.set_fontsize("medium")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
@@ -515,8 +576,14 @@ def plot_velocity(run: LoadedRun, records: list[StepRecord], task: int, tasks: n
 
 
 def render_video(
-    run: LoadedRun | str | Path, task: Sequence[float], steps: Sequence[int] = (0, 1, 2, 3),
-    out: str | Path = "video.mp4", fmt: str = "mp4", *, episodes: int | None = None, seed: int | None = None,
+    run: LoadedRun | str | Path,
+    task: Sequence[float],
+    steps: Sequence[int] = (0, 1, 2, 3),
+    out: str | Path = "video.mp4",
+    fmt: str = "mp4",
+    *,
+    episodes: int | None = None,
+    seed: int | None = None,
     notify: Callable[[str], None] = notice,
 ) -> Path:
     """A video of one episode after each of ``steps`` (panels side by side) for one MuJoCo task.
@@ -535,9 +602,16 @@ def render_video(
 
 # ========================================================================= driver
 def visualize(
-    run_dir: LoadedRun | str | Path, *, tasks: int = 4, task: Sequence[float] | None = None,
-    steps: Sequence[int] = (0, 1, 2, 3), out: str | Path | None = None, fmt: str = "mp4",
-    seed: int | None = None, episodes: int | None = None, notify: Callable[[str], None] = notice,
+    run_dir: LoadedRun | str | Path,
+    *,
+    tasks: int = 4,
+    task: Sequence[float] | None = None,
+    steps: Sequence[int] = (0, 1, 2, 3),
+    out: str | Path | None = None,
+    fmt: str = "mp4",
+    seed: int | None = None,
+    episodes: int | None = None,
+    notify: Callable[[str], None] = notice,
 ) -> list[Path]:
     """Every figure that fits the run's env; returns the paths written (default ``RUN_DIR/visualize``)."""
     run = _as_run(run_dir)
@@ -556,8 +630,9 @@ def visualize(
         for i in range(len(chosen)):
             written.append(plot_velocity(run, records, i, chosen, out / f"task{i:02d}_velocity.png"))
             try:
-                written.append(_write_video(video_frames(run, records, i, chosen), out / f"task{i:02d}_video",
-                                            fmt, fps, notify))
+                written.append(
+                    _write_video(video_frames(run, records, i, chosen), out / f"task{i:02d}_video", fmt, fps, notify)
+                )
             except RenderError as exc:
                 notify(f"no video: {exc}")
     elif _is_navigation(run):
@@ -566,8 +641,15 @@ def visualize(
         notify(f"no per-task figures for env {run.config.env.name!r} (only 2D navigation and MuJoCo have them)")
     emb_tasks = pool if task is None else np.concatenate([pool, chosen])
     highlight = [] if task is None else [len(pool)]
-    path = plot_context_embedding(run, emb_tasks, out / "context_embedding.png", episodes=episodes, seed=seed,
-                                  highlight=highlight, notify=notify)
+    path = plot_context_embedding(
+        run,
+        emb_tasks,
+        out / "context_embedding.png",
+        episodes=episodes,
+        seed=seed,
+        highlight=highlight,
+        notify=notify,
+    )
     if path is not None:
         written.append(path)
     return written
@@ -578,8 +660,13 @@ def add_visualize_command(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p = subparsers.add_parser("visualize", help="figures and videos of the adapted policy after each inner step")
     p.add_argument("run_dir")
     p.add_argument("--tasks", type=int, help="number of test tasks to show (default 4; evaluation's seed stream)")
-    p.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
-                   help="one given task instead, e.g. --task goal_x=0.3 --task goal_y=-0.2 (every key of the env)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one given task instead, e.g. --task goal_x=0.3 --task goal_y=-0.2 (every key of the env)",
+    )
     p.add_argument("--steps", type=int, nargs="+", default=[0, 1, 2, 3], help="inner steps to show (default 0 1 2 3)")
     p.add_argument("--episodes", type=int, help="episodes per task and step (default: evaluation.episodes)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/visualize)")
@@ -590,7 +677,10 @@ def add_visualize_command(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def parse_task(items: Sequence[str], names: Sequence[str], env: str) -> list[float]:
-    """``["goal_x=0.3", "goal_y=-0.2"]`` -> ``[0.3, -0.2]`` in ``names`` order; ValueError names the problem."""
+    """``["goal_x=0.3", "goal_y=-0.2"]`` -> ``[0.3, -0.2]`` in ``names`` order.
+
+    Raises a one-line ValueError naming the bad item and the allowed keys.
+    """
     allowed = ", ".join(names)
     values: dict[str, float] = {}
     for item in items:
@@ -628,8 +718,16 @@ def cmd_visualize(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--steps {bad[0]} is out of range; allowed: integers from 0 to 50")
     run = load_visualize_run(args.run_dir, args.checkpoint)
     task = parse_task(args.task, run.distribution.task_names, run.config.env.name) if args.task else None
-    paths = visualize(run, tasks=args.tasks or 4, task=task, steps=args.steps, out=args.out, fmt=args.fmt,
-                      seed=args.seed, episodes=args.episodes)
+    paths = visualize(
+        run,
+        tasks=args.tasks or 4,
+        task=task,
+        steps=args.steps,
+        out=args.out,
+        fmt=args.fmt,
+        seed=args.seed,
+        episodes=args.episodes,
+    )
     for path in paths:
         print(f"wrote {path}")
     return paths

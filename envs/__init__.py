@@ -4,12 +4,17 @@ Add your own: subclass :class:`TaskDistribution` (or wrap a Gymnasium env with
 :class:`GymTaskDistribution`) and call :func:`register`. See README, "Add your own task distribution".
 """
 
-import gymnasium as gym
+import os
+
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"  # headless rendering; must be set before mujoco is imported
+
+import gymnasium as gym  # noqa: E402
 
 from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
 from .gym_adapter import GymTaskDistribution
-from .navigation import Navigation2D
 from .locomotion_registry import register_all
+from .navigation import Navigation2D
 from .validation import validate
 
 register("navigation2d", Navigation2D)

@@ -43,8 +43,7 @@ class _Ant(MujocoTaskDistribution):
         check_interval(self, "healthy_z_low", "healthy_z_high", 0.0, 10.0)
         if not isinstance(self.terminate_when_unhealthy, bool):
             raise TaskDistributionError(
-                f"env setting terminate_when_unhealthy={self.terminate_when_unhealthy!r} "
-                "must be true or false"
+                f"env setting terminate_when_unhealthy={self.terminate_when_unhealthy!r} must be true or false"
             )
 
     def position(self, sim: MujocoBatch) -> np.ndarray:

@@ -27,6 +27,9 @@ class BatchedEnv(ABC):
 
     num_envs: int
     device: torch.device
+    success: torch.Tensor | None = None
+    """Optional ``[num_envs]`` bool, updated by ``step``: the task is solved at this step
+    (e.g. Meta-World's ``info["success"]``). Envs that set it get success rates logged."""
 
     @abstractmethod
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:

@@ -36,9 +36,7 @@ def make_single(
     **settings: Any,
 ) -> MujocoSingleTaskEnv:
     """Gymnasium entry point: one env of registered distribution ``name`` (``task`` fixes its task)."""
-    return MujocoSingleTaskEnv(
-        make(name, **settings), task=task, render_mode=render_mode, width=width, height=height
-    )
+    return MujocoSingleTaskEnv(make(name, **settings), task=task, render_mode=render_mode, width=width, height=height)
 
 
 def register_all() -> None:

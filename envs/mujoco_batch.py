@@ -48,8 +48,22 @@ def _cpu_count() -> int:
 
 @functools.cache
 def load_model(xml_file: str) -> mujoco.MjModel:
-    """The model gymnasium ships under ``xml_file``, loaded once per process (never mutate it)."""
-    return mujoco.MjModel.from_xml_path(str(ASSETS_DIR / xml_file))
+    """The model gymnasium ships under ``xml_file``, loaded once per process (never mutate it).
+
+    MuJoCo 4 warns that gymnasium's ``settotalmass`` compiler attribute is deprecated; that
+    warning is dropped here (it is about the XML, not the user's run). Others are re-emitted.
+    """
+    previous = mujoco.get_mju_user_warning()
+    notes: list[str] = []
+    mujoco.set_mju_user_warning(notes.append)
+    try:
+        model = mujoco.MjModel.from_xml_path(str(ASSETS_DIR / xml_file))
+    finally:
+        mujoco.set_mju_user_warning(previous)
+    for note in notes:
+        if "settotalmass" not in note:
+            warnings.warn(f"MuJoCo ({xml_file}): {note}", RuntimeWarning, stacklevel=2)
+    return model
 
 
 class MujocoBatch:
@@ -85,9 +99,7 @@ class MujocoBatch:
         self.applied_tasks: np.ndarray | None = None  # what configure() last set, to skip repeats
         self._bad_warnings = np.array([int(getattr(mujoco.mjtWarning, w)) for w in _BAD_WARNINGS])
         if backend == "batch":
-            self._batch = importlib.import_module("mujoco.batch").Batch(
-                model, nsim=self.nsim, nthread=self.nthread
-            )
+            self._batch = importlib.import_module("mujoco.batch").Batch(model, nsim=self.nsim, nthread=self.nthread)
             self.qpos = self._batch.bind("qpos")
             self.qvel = self._batch.bind("qvel")
             self._ctrl = self._batch.bind("ctrl")
@@ -160,9 +172,7 @@ class MujocoBatch:
             if warned[k]:
                 counts = self._batch.warning[sel[k], self._bad_warnings, 1]
                 names = [w[7:] for w, c in zip(_BAD_WARNINGS, counts, strict=True) if c > 0]
-                parts.append(
-                    f"MuJoCo warned {'/'.join(names)} (nan, inf or huge value; it auto-resets the sim)"
-                )
+                parts.append(f"MuJoCo warned {'/'.join(names)} (nan, inf or huge value; it auto-resets the sim)")
             reasons.append("; ".join(parts))
         return sel[bad], reasons
 
@@ -310,9 +320,7 @@ def check_interval(
     check_setting(dist, high_key, low, high, low_open=low_open)
     a, b = getattr(dist, low_key), getattr(dist, high_key)
     if not a <= b:
-        raise TaskDistributionError(
-            f"env settings {low_key}={a} and {high_key}={b}: need {low_key} <= {high_key}"
-        )
+        raise TaskDistributionError(f"env settings {low_key}={a} and {high_key}={b}: need {low_key} <= {high_key}")
 
 
 @dataclasses.dataclass
@@ -409,9 +417,7 @@ class LocomotionVecEnv(BatchedEnv):
         self._pinned: torch.Tensor | None = None
         self._copied: Any = None
         if self.device.type == "cuda":
-            self._pinned = torch.empty(
-                self.num_envs * (self.obs_dim + 2), dtype=torch.float32, pin_memory=True
-            )
+            self._pinned = torch.empty(self.num_envs * (self.obs_dim + 2), dtype=torch.float32, pin_memory=True)
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         tasks = np.asarray(tasks, dtype=np.float64)
@@ -508,9 +514,7 @@ class LocomotionVecEnv(BatchedEnv):
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first)] = np.arange(len(first))
         row = int(rank[inverse.reshape(-1)[i]])
-        values = ", ".join(
-            f"{name}={v:.4g}" for name, v in zip(self.dist.task_names, self._tasks[i], strict=True)
-        )
+        values = ", ".join(f"{name}={v:.4g}" for name, v in zip(self.dist.task_names, self._tasks[i], strict=True))
         more = f" (and {len(sims) - 1} more sims)" if len(sims) > 1 else ""
         where = f"{self.dist.label} sim {i} (task row {row}: {values})"
         raise TaskDistributionError(f"{where} {what} at step {self._t}: {reasons[0]}{more}")

@@ -63,8 +63,11 @@ def validate(dist: TaskDistribution, num_envs: int = 4, steps: int = 10, seed: i
             half = num_envs // 2
             differ |= not torch.allclose(reward[:half], reward[half:]) or not torch.allclose(obs[:half], obs[half:])
         if not differ and not np.allclose(tasks[0], tasks[1]):
-            _fail(name, f"steps 0-{steps - 1}", "two different tasks gave identical observations and rewards "
-                  "(does reset()/set_task apply the task?)")
+            _fail(
+                name,
+                f"steps 0-{steps - 1}",
+                "two different tasks gave identical observations and rewards (does reset()/set_task apply the task?)",
+            )
     finally:
         env.close()
     _VALIDATED.add(key)

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from conftest import random_episodes, tiny_policy
 
 from caml_rl.adaptation import adapt, inner_loss
 from caml_rl.episodes import Episodes
 from caml_rl.partition import PartitionError, initial_fast_weights, policy_forward, resolve_partition
-from conftest import random_episodes, tiny_policy
 
 
 def task_slice(ep: Episodes, k: int) -> Episodes:

@@ -1,7 +1,7 @@
 import torch
+from conftest import random_episodes
 
 from caml_rl.baseline import baseline_features, fit_values
-from conftest import random_episodes
 
 
 def test_fit_recovers_representable_targets_per_task():

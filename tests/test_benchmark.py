@@ -4,15 +4,41 @@ import pytest
 
 from caml_rl.cli import main
 
-KEYS = ["env", "env_steps_per_iteration", "physics_steps_per_s", "sampler_steps_per_s", "iteration_seconds",
-        "iteration_steps_per_s", "update_seconds", "fwdbwd_seconds", "sampler_vs_physics", "iteration_vs_physics",
-        "update_vs_fwdbwd"]
+KEYS = [
+    "env",
+    "env_steps_per_iteration",
+    "physics_steps_per_s",
+    "sampler_steps_per_s",
+    "iteration_seconds",
+    "iteration_steps_per_s",
+    "update_seconds",
+    "fwdbwd_seconds",
+    "sampler_vs_physics",
+    "iteration_vs_physics",
+    "update_vs_fwdbwd",
+]
 
 
 @pytest.mark.parametrize("env", ["navigation2d", "halfcheetah_vel"])
 def test_benchmark_json_has_every_figure(env, capsys):
-    main(["benchmark", "--env", env, "--tasks", "2", "--episodes", "2", "--horizon", "10", "--iterations", "1",
-          "--json", "--set", "policy.hidden_sizes=[16]"])
+    main(
+        [
+            "benchmark",
+            "--env",
+            env,
+            "--tasks",
+            "2",
+            "--episodes",
+            "2",
+            "--horizon",
+            "10",
+            "--iterations",
+            "1",
+            "--json",
+            "--set",
+            "policy.hidden_sizes=[16]",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     for key in KEYS:
         assert key in result, key

@@ -6,9 +6,24 @@ import pytest
 
 from caml_rl.cli import main
 
-SMALL = ["--set", "meta_batch_size=3", "--set", "episodes_per_task=2", "--set", "env.settings.horizon=10",
-         "--set", "policy.hidden_sizes=[8]", "--set", "evaluation.tasks=2", "--set", "evaluation.episodes=2",
-         "--set", "evaluation.steps=1", "--device", "cpu"]
+SMALL = [
+    "--set",
+    "meta_batch_size=3",
+    "--set",
+    "episodes_per_task=2",
+    "--set",
+    "env.settings.horizon=10",
+    "--set",
+    "policy.hidden_sizes=[8]",
+    "--set",
+    "evaluation.tasks=2",
+    "--set",
+    "evaluation.episodes=2",
+    "--set",
+    "evaluation.steps=1",
+    "--device",
+    "cpu",
+]
 
 
 def run_cli(*args):

@@ -1,7 +1,7 @@
 import torch
+from conftest import random_episodes
 
 from caml_rl.episodes import discounted_returns, gae, normalize_per_task
-from conftest import random_episodes
 
 
 def test_gae_matches_hand_computation():

@@ -8,9 +8,19 @@ from caml_rl.config import load_config
 
 
 def test_adaptation_improves_return_after_short_training(tmp_path):
-    cfg = load_config(None, ["meta_batch_size=10", "episodes_per_task=10", "iterations=12", "device=cpu",
-                             "policy.hidden_sizes=[64, 64]", "evaluation.tasks=20", "evaluation.episodes=10",
-                             "evaluation.steps=1"])
+    cfg = load_config(
+        None,
+        [
+            "meta_batch_size=10",
+            "episodes_per_task=10",
+            "iterations=12",
+            "device=cpu",
+            "policy.hidden_sizes=[64, 64]",
+            "evaluation.tasks=20",
+            "evaluation.episodes=10",
+            "evaluation.steps=1",
+        ],
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     result = trainer.train(quiet=True)
     assert result.returns[1] > result.returns[0] + 2.0, result.returns

@@ -74,9 +74,7 @@ def test_halfcheetah_matches_gymnasium_bit_for_bit():
             assert np.array_equal(env.sim.qvel[i], g.unwrapped.data.qvel)
             assert np.array_equal(obs[i].numpy(), g_obs.astype(np.float32))
             assert env.info["velocity"][i, 0] == info["x_velocity"]
-            expected = -abs(info["x_velocity"] - tasks[i, 0]) - 0.05 * np.sum(
-                np.square(a[i].astype(np.float64))
-            )
+            expected = -abs(info["x_velocity"] - tasks[i, 0]) - 0.05 * np.sum(np.square(a[i].astype(np.float64)))
             assert reward[i].item() == pytest.approx(expected, rel=1e-6, abs=1e-6)
             assert not g_term
     env.close()

@@ -1,9 +1,8 @@
+import caml_rl.envs as envs
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-import caml_rl.envs as envs
 
 
 def test_navigation_dynamics_reward_and_termination():

@@ -3,11 +3,11 @@
 import re
 from pathlib import Path
 
+import caml_rl.envs as envs
 import numpy as np
 import pytest
 import torch
 
-import caml_rl.envs as envs
 from caml_rl import Trainer, load_config
 
 README = Path(__file__).parents[1] / "README.md"
@@ -26,9 +26,20 @@ def test_example_is_short_and_trains(tmp_path):
     namespace: dict = {}
     envs.base._REGISTRY.pop("point_goals", None)
     exec(compile(code, "README-example", "exec"), namespace)
-    cfg = load_config(None, ["env.name=point_goals", "iterations=3", "meta_batch_size=4", "episodes_per_task=4",
-                             "policy.hidden_sizes=[16]", "device=cpu", "evaluation.tasks=4",
-                             "evaluation.episodes=2", "evaluation.steps=1"])
+    cfg = load_config(
+        None,
+        [
+            "env.name=point_goals",
+            "iterations=3",
+            "meta_batch_size=4",
+            "episodes_per_task=4",
+            "policy.hidden_sizes=[16]",
+            "device=cpu",
+            "evaluation.tasks=4",
+            "evaluation.episodes=2",
+            "evaluation.steps=1",
+        ],
+    )
     result = Trainer(cfg, tmp_path / "run").train(quiet=True)
     assert np.isfinite(result.returns).all() and result.env == "point_goals"
 

@@ -1,10 +1,10 @@
 import gymnasium as gym
 import numpy as np
 import torch
+from conftest import tiny_policy
 
 from caml_rl.partition import initial_fast_weights, policy_forward, resolve_partition
 from caml_rl.policies import ContextMLPPolicy
-from conftest import tiny_policy
 
 
 def test_context_changes_the_output_and_is_concatenated_at_input():

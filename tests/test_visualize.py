@@ -1,0 +1,184 @@
+"""`caml-rl visualize`: figures of tiny trained runs, a short MuJoCo video, one-line errors."""
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from caml_rl import Trainer, load_config, load_run
+from caml_rl.checkpoint import CheckpointError
+from caml_rl.visualize import (
+    add_visualize_command,
+    cmd_visualize,
+    plot_context_embedding,
+    plot_learning_curves,
+    plot_navigation,
+    render_video,
+    sample_eval_tasks,
+    visualize,
+)
+
+NAV = [
+    "meta_batch_size=4",
+    "episodes_per_task=3",
+    "env.settings.horizon=15",
+    "policy.hidden_sizes=[16, 16]",
+    "device=cpu",
+    "iterations=2",
+]
+CHEETAH = [
+    "env.name=halfcheetah_vel",
+    "meta_batch_size=2",
+    "episodes_per_task=2",
+    "env.settings.horizon=10",
+    "policy.hidden_sizes=[8]",
+    "device=cpu",
+    "iterations=1",
+]
+
+
+def train(path, settings):
+    Trainer(load_config(None, settings), path).train(evaluate_at_end=False, quiet=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nav_run(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("nav") / "run", NAV)
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser(prog="caml-rl")
+    add_visualize_command(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["visualize", *argv])
+
+
+def assert_png(path, min_width=800):
+    assert path.is_file() and path.stat().st_size > 0, path
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width >= min_width, (path, im.size)
+
+
+def test_learning_curves(nav_run, tmp_path):
+    assert_png(plot_learning_curves(nav_run, tmp_path / "curves.png"))
+
+
+def test_navigation_and_embedding(nav_run, tmp_path):
+    run = load_run(nav_run)
+    tasks = sample_eval_tasks(run, 3)
+    paths = plot_navigation(run, tasks, steps=[0, 1], out=tmp_path, episodes=3)
+    assert [p.name for p in paths] == [
+        "task00_navigation.png",
+        "task01_navigation.png",
+        "task02_navigation.png",
+        "navigation_grid.png",
+    ]
+    for path in paths:
+        assert_png(path)
+    emb = plot_context_embedding(run, out=tmp_path / "emb.png", num_tasks=6, episodes=3)
+    assert_png(emb)
+
+
+def test_cli_with_a_given_task(nav_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # cmd_visualize sets a default; keep the test's env clean
+    args = parse(str(nav_run), "--task", "goal_x=0.3", "--task", "goal_y=-0.2", "--steps", "0", "1")
+    args.episodes, args.out = 2, str(tmp_path / "out")
+    paths = cmd_visualize(args)
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "context_embedding.png",
+        "learning_curves.png",
+        "navigation_grid.png",
+        "task00_navigation.png",
+    ]
+    assert all(p.parent == tmp_path / "out" for p in paths)
+    assert capsys.readouterr().out.count("wrote ") == 4
+
+
+def test_maml_run_skips_the_embedding(tmp_path):
+    run_dir = train(tmp_path / "maml", [*NAV, "iterations=1", "adaptation.partition=all", "policy.context_size=0"])
+    notices = []
+    paths = visualize(run_dir, tasks=2, steps=[0, 1], episodes=2, notify=notices.append)
+    assert {p.name for p in paths} == {
+        "learning_curves.png",
+        "task00_navigation.png",
+        "task01_navigation.png",
+        "navigation_grid.png",
+    }
+    assert all(p.parent == run_dir / "visualize" for p in paths)
+    assert any("no context embedding" in n and "context_size=0" in n for n in notices)
+
+
+@pytest.mark.parametrize(
+    ("argv", "exc", "fragments"),
+    [
+        (["--task", "goal_z=1", "--task", "goal_y=0"], ValueError, ["'goal_z'", "allowed: goal_x, goal_y"]),
+        (["--task", "goal_x=1"], ValueError, ["lacks goal_y", "goal_x, goal_y"]),
+        (["--task", "goal_x"], ValueError, ["not KEY=VALUE", "goal_x, goal_y"]),
+        (["--task", "goal_x=a", "--task", "goal_y=0"], ValueError, ["goal_x='a' is not a number"]),
+        (["--tasks", "0"], ValueError, ["--tasks 0", ">= 1"]),
+        (["--steps", "0", "-1"], ValueError, ["--steps -1", "from 0 to 50"]),
+        (["--tasks", "2", "--task", "goal_x=1"], ValueError, ["either --tasks", "not both"]),
+    ],
+)
+def test_user_errors_are_one_line(nav_run, tmp_path, monkeypatch, argv, exc, fragments):
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    with pytest.raises(exc) as info:
+        cmd_visualize(parse(str(nav_run), "--out", str(tmp_path), *argv))
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_missing_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    with pytest.raises(CheckpointError, match=r"run directory '.*missing' does not exist$"):
+        cmd_visualize(parse(str(tmp_path / "missing")))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        plot_learning_curves(tmp_path / "missing")
+
+
+def _read_frames(path):
+    import imageio.v3 as iio
+
+    return np.stack(list(iio.imiter(path)))
+
+
+def test_mujoco_video_and_velocity_plot(tmp_path, monkeypatch):
+    from caml_rl.envs.locomotion_registry import register_all
+
+    register_all()
+    run_dir = train(tmp_path / "cheetah", CHEETAH)
+    fmt = "mp4" if importlib.util.find_spec("imageio_ffmpeg") else "gif"
+    notices = []
+    paths = visualize(run_dir, tasks=1, steps=[0, 1], episodes=2, fmt=fmt, out=tmp_path / "out", notify=notices.append)
+    names = {p.name for p in paths}
+    assert {"learning_curves.png", "task00_velocity.png", "context_embedding.png"} <= names
+    for path in paths:
+        if path.suffix == ".png":
+            assert_png(path)
+    if f"task00_video.{fmt}" not in names:
+        gl = [n for n in notices if "no OpenGL backend" in n]
+        if gl:
+            pytest.skip(gl[0])  # names every backend tried (egl, osmesa, ...)
+        pytest.fail(f"no video written; notices: {notices}")
+    frames = _read_frames(tmp_path / "out" / f"task00_video.{fmt}")
+    assert len(frames) == 10 + 1  # the reset state, then one frame per env step
+    assert frames.shape[2] >= 2 * 320  # two panels side by side
+    assert len({f.tobytes() for f in frames}) > 1
+    assert frames.std() > 10  # an image, not a blank
+
+    # without imageio-ffmpeg an mp4 request falls back to gif, with a notice
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "imageio_ffmpeg" else real_find_spec(name, *a),
+    )
+    gif = render_video(run_dir, [1.5], steps=[2], out=tmp_path / "one.mp4", episodes=2, notify=notices.append)
+    assert gif.name == "one.gif" and "writing gif instead" in notices[-1]
+    frames = _read_frames(gif)
+    assert len(frames) == 11 and frames.shape[2] == 320 and len({f.tobytes() for f in frames}) > 1
