@@ -59,7 +59,7 @@ def physics_steps_per_s(dist: envs.TaskDistribution, num_envs: int, horizon: int
 
 def fwdbwd_seconds(trainer: Trainer, repeats: int = 3) -> float:
     """One forward + backward pass of the policy over an iteration's samples (pre + post)."""
-    n = trainer.config.meta_batch_size
+    n = trainer.local_tasks
     fast = as_leaves(initial_fast_weights(trainer.policy, trainer.partition, n))
     tasks = trainer.distribution.sample_tasks(trainer.streams.tasks, n)
     ep = trainer.sampler.sample(trainer.policy, tasks, fast, trainer.streams.env, trainer.streams.actions)
@@ -114,14 +114,13 @@ def run_benchmark(
     )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp)
-        from .sampler import Sampler
+        trainer.sampler = trainer.make_sampler()
+        local = trainer.local_tasks  # all tasks, or this worker's share under torchrun
+        h = trainer.distribution.horizon
+        physics = physics_steps_per_s(trainer.distribution, local * episodes, h, np.random.default_rng(0))
 
-        trainer.sampler = Sampler(trainer.distribution, tasks, episodes, trainer.device)
-        num_envs, h = tasks * episodes, trainer.distribution.horizon
-        physics = physics_steps_per_s(trainer.distribution, num_envs, h, np.random.default_rng(0))
-
-        fast = initial_fast_weights(trainer.policy, trainer.partition, tasks)
-        task_rows = trainer.distribution.sample_tasks(trainer.streams.tasks, tasks)
+        fast = initial_fast_weights(trainer.policy, trainer.partition, local)
+        task_rows = trainer.distribution.sample_tasks(trainer.streams.tasks, local)
         t0 = time.perf_counter()
         ep = trainer.sampler.sample(trainer.policy, task_rows, fast, trainer.streams.env, trainer.streams.actions)
         sampler = ep.num_steps / (time.perf_counter() - t0)
@@ -129,6 +128,7 @@ def run_benchmark(
         per_iter = [trainer.iterate() for _ in range(iterations)]
         fwdbwd = fwdbwd_seconds(trainer)
         trainer.sampler.close()
+        trainer.workers.close()
     it_s = statistics.mean(m["time/iteration_seconds"] for m in per_iter)
     upd_s = statistics.mean(m["time/update_seconds"] for m in per_iter)
     steps = statistics.mean(m["time/env_steps"] for m in per_iter[:1]) if per_iter else 0
@@ -142,6 +142,7 @@ def run_benchmark(
         "hidden_sizes": config.policy.hidden_sizes,
         "context_size": config.policy.context_size,
         "torch_threads": torch.get_num_threads(),
+        "workers": trainer.workers.world_size,
         "env_steps_per_iteration": steps,
         "physics_steps_per_s": physics,
         "sampler_steps_per_s": sampler,

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, atomic_write_json
 from .config import ConfigError, load_config
+from .distributed import DistributedError, launched_by_torchrun, rank_from_env
 from .partition import PartitionError
 from .visualize import add_visualize_command, cmd_visualize
 
-USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNotFoundError, DistributedError)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +77,19 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     for key in ("tasks", "episodes", "horizon", "iterations"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
+    if rank_from_env() != 0:  # under torchrun: every worker measures, rank 0 reports
+        run_benchmark(
+            args.env,
+            args.tasks,
+            args.episodes,
+            args.horizon,
+            args.iterations,
+            args.device,
+            args.method,
+            args.preset,
+            args.overrides,
+        )
+        return
     result = run_benchmark(
         args.env,
         args.tasks,
@@ -133,25 +147,30 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.config or args.overrides or args.out:
             raise ConfigError("--resume takes its config from the run; only --iterations may change it")
         trainer = Trainer.resume(args.resume, iterations=args.iterations)
-        print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
+        if trainer.workers.is_main:
+            print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
     else:
         overrides = list(args.overrides)
         for key in ("seed", "device", "iterations"):
             if getattr(args, key) is not None:
                 overrides.append(f"{key}={getattr(args, key)}")
         config = load_config(args.config, overrides)
+        if launched_by_torchrun() and not args.out:
+            raise ConfigError("--out is required under torchrun, so that every worker uses the same run directory")
         out = (
             args.out
             or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_"
             + datetime.now().strftime("%Y%m%d-%H%M%S")
         )
-        if (Path(out) / "checkpoints").is_dir() and any((Path(out) / "checkpoints").iterdir()):
+        if rank_from_env() == 0 and (Path(out) / "checkpoints").is_dir() and any((Path(out) / "checkpoints").iterdir()):
             raise ConfigError(f"run directory {out!r} already has checkpoints; use --resume {out} or another --out")
         trainer = Trainer(config, out)
-        print(
-            f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
-            f"{config.iterations} iterations -> {out}"
-        )
+        if trainer.workers.is_main:
+            workers = f" ({trainer.workers.world_size} workers)" if trainer.workers.world_size > 1 else ""
+            print(
+                f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
+                f"{config.iterations} iterations -> {out}{workers}"
+            )
     trainer.train(evaluate_at_end=not args.no_eval)
 
 

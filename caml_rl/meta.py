@@ -7,6 +7,7 @@ between the policy that sampled those episodes and the candidate, re-adapted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,11 @@ def meta_update(
     adapt_cfg: AdaptationConfig,
     trpo_cfg: TRPOConfig,
     generator: torch.Generator,
+    average: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> TRPOStats:
-    """One TRPO step on ``policy``'s parameters (in place), or none if the step is rejected."""
+    """One TRPO step on ``policy``'s parameters (in place), or none if the step is rejected.
+
+    ``average`` is the mean over distributed workers (each holding a share of the tasks)."""
     params = list(policy.parameters())
     num_tasks, post = batch.pre.num_tasks, batch.post
 
@@ -106,4 +110,5 @@ def meta_update(
         cg_damping=trpo_cfg.cg_damping,
         ls_steps=trpo_cfg.ls_steps,
         ls_backtrack=trpo_cfg.ls_backtrack,
+        average=average,
     )

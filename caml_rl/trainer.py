@@ -26,6 +26,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError, from_dict
+from .distributed import DistributedError, init_workers
 from .evaluation import EvalResult, evaluate
 from .logging import ProgressLine, make_logger
 from .meta import MetaBatch, meta_update
@@ -71,13 +72,19 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.device = resolve_device(config.device)
+        self.workers, self.device = init_workers(resolve_device(config.device))
+        if config.meta_batch_size % self.workers.world_size:
+            raise ConfigError(
+                f"config key meta_batch_size={config.meta_batch_size} must be a multiple of the "
+                f"{self.workers.world_size} distributed workers"
+            )
         self.distribution = envs.make(config.env.name, **config.env.settings)
         envs.validate(self.distribution)  # a broken env fails here, with one line, not mid-training
         config.env.settings = self.distribution.settings()  # record every setting, defaults included
         torch.manual_seed(config.seed)  # weight initialisation
         space = self.distribution.observation_space
         self.policy = make_policy(config.policy, space, self.distribution.action_space).to(self.device)
+        self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
         self.partition = resolve_partition(self.policy, config.adaptation.partition)
         self.streams = make_streams(config.seed, TRAIN_STREAM, self.device)
         self.iteration, self.env_steps, self.wall_time = 0, 0, 0.0
@@ -120,6 +127,11 @@ class Trainer:
         )
         return path
 
+    def make_sampler(self) -> Sampler:
+        """The sampler for this worker's share of the meta-batch."""
+        shard = (self.first_task, self.config.meta_batch_size) if self.workers.world_size > 1 else None
+        return Sampler(self.distribution, self.local_tasks, self.config.episodes_per_task, self.device, shard)
+
     def write_run_record(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
@@ -129,6 +141,7 @@ class Trainer:
             "task_names": list(self.distribution.task_names),
             "partition": list(self.partition),
             "device": str(self.device),
+            "workers": self.workers.world_size,
             "versions": library_versions(),
             "command": sys.argv,
         }
@@ -137,9 +150,10 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def iterate(self) -> dict[str, Any]:
         """One meta-iteration; returns its metrics."""
-        cfg, n = self.config, self.config.meta_batch_size
+        cfg, n, w = self.config, self.local_tasks, self.workers
         t0 = time.perf_counter()
-        tasks = self.distribution.sample_tasks(self.streams.tasks, n)
+        all_tasks = self.distribution.sample_tasks(self.streams.tasks, cfg.meta_batch_size)  # same on every rank
+        tasks = all_tasks[self.first_task : self.first_task + n]
         start = as_leaves(initial_fast_weights(self.policy, self.partition, n))
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
         t_pre = time.perf_counter() - t0
@@ -150,17 +164,19 @@ class Trainer:
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
         sampling = t_pre + time.perf_counter() - t1
         post_adv = advantages(post, a.gamma, a.gae_lambda)
-        stats = meta_update(
-            self.policy, self.partition, MetaBatch(pre, pre_adv, post, post_adv), a, cfg.trpo, self.streams.actions
-        )
+        batch = MetaBatch(pre, pre_adv, post, post_adv)
+        stats = meta_update(self.policy, self.partition, batch, a, cfg.trpo, self.streams.actions, w.average)
+        for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not
+            w.broadcast_(p)
         self.iteration += 1
-        self.env_steps += pre.num_steps + post.num_steps
+        returns = w.average(torch.stack([pre.task_returns().mean(), post.task_returns().mean()]).double().cpu())
+        self.env_steps += int(w.average(torch.tensor(float(pre.num_steps + post.num_steps))) * w.world_size)
         seconds = time.perf_counter() - t0
         self.wall_time += seconds
         metrics = {
             "iteration": self.iteration,
-            "return/before_adaptation": float(pre.task_returns().mean()),
-            "return/after_adaptation": float(post.task_returns().mean()),
+            "return/before_adaptation": float(returns[0]),
+            "return/after_adaptation": float(returns[1]),
             "trpo/accepted": int(stats.accepted),
             "trpo/reason": stats.reason,
             "trpo/kl": stats.kl,
@@ -176,18 +192,33 @@ class Trainer:
         }
         if "context" in fast:
             metrics["adaptation/context_norm"] = float(fast["context"].detach().norm(dim=-1).mean())
+        if pre.success is not None:
+            success = w.average(torch.stack([pre.task_success().mean(), post.task_success().mean()]).double().cpu())
+            metrics["success/before_adaptation"], metrics["success/after_adaptation"] = map(float, success)
         return metrics
 
     def train(self, evaluate_at_end: bool = True, quiet: bool = False) -> EvalResult | None:
         """Train up to ``config.iterations``, checkpointing atomically, then evaluate."""
-        cfg = self.config
-        self.write_run_record()
-        logger = make_logger(self.run_dir, keep_until=self.iteration)
+        cfg, main = self.config, self.workers.is_main
+        if main:
+            self.write_run_record()
+        logger = make_logger(self.run_dir, keep_until=self.iteration) if main else None
         progress = ProgressLine(cfg.iterations, start=self.iteration)
-        self.sampler = Sampler(self.distribution, cfg.meta_batch_size, cfg.episodes_per_task, self.device)
+        self.sampler = self.make_sampler()
         try:
             while self.iteration < cfg.iterations:
-                metrics = self.iterate()
+                try:
+                    metrics = self.iterate()
+                except RuntimeError as exc:
+                    if self.workers.world_size == 1:
+                        raise
+                    raise DistributedError(
+                        f"rank {self.workers.rank} lost the other workers at iteration {self.iteration + 1} "
+                        f"({str(exc).splitlines()[0][:100]}); the last checkpoint in {self.run_dir} is intact: "
+                        "resume with the same torchrun command and --resume"
+                    ) from None
+                if not main:
+                    continue
                 for key, value in metrics.items():
                     logger.record(key, value, exclude=("tensorboard",) if isinstance(value, str) else None)
                 logger.dump(step=self.iteration)
@@ -197,10 +228,12 @@ class Trainer:
                     self.save()
         finally:
             self.sampler.close()
-            logger.close()
-        if not checkpoint_path(self.run_dir, self.iteration).exists():
+            if logger is not None:
+                logger.close()
+        if main and not checkpoint_path(self.run_dir, self.iteration).exists():
             self.save()
-        if not evaluate_at_end:
+        self.workers.close()
+        if not evaluate_at_end or not main:
             return None
         result = self.evaluate()
         atomic_write_json(self.run_dir / "eval.json", result.to_dict())

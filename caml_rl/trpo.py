@@ -60,17 +60,20 @@ def trpo_step(
     cg_damping: float = 1e-5,
     ls_steps: int = 15,
     ls_backtrack: float = 0.8,
+    average: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> TRPOStats:
     """Take one TRPO step on ``params`` in place, or leave them exactly as they were.
 
     ``evaluate()`` returns ``(loss, kl)`` at the parameters currently written, KL measured
     from the parameters before the step. A step is accepted only if the loss falls, the KL is
     within ``max_kl`` and both are finite; anything non-finite counts as a rejection.
+    ``average`` takes the mean over distributed workers of every loss, KL, gradient and
+    Fisher-vector product, so that all workers reach the same decisions.
     """
     old = parameters_to_vector(params).detach().clone()
-    loss_before = float(loss.detach())
     grads = torch.autograd.grad(loss, params)
-    g = parameters_to_vector(grads).detach()
+    g_and_loss = average(torch.cat([parameters_to_vector(grads).detach(), loss.detach().reshape(1)]))
+    g, loss_before = g_and_loss[:-1], float(g_and_loss[-1])
 
     def reject(reason: str, backtracks: int = 0) -> TRPOStats:
         vector_to_parameters(old, params)
@@ -80,7 +83,7 @@ def trpo_step(
         return reject("non_finite_gradient")
 
     def damped(v: torch.Tensor) -> torch.Tensor:
-        return fisher_vector_product(v) + cg_damping * v
+        return average(fisher_vector_product(v)) + cg_damping * v
 
     direction = conjugate_gradient(damped, g, cg_iters)
     shs = 0.5 * (direction @ damped(direction))
@@ -93,7 +96,7 @@ def trpo_step(
         for i in range(ls_steps):
             fraction = ls_backtrack**i
             vector_to_parameters(old - fraction * full_step, params)
-            new_loss, kl = evaluate()
+            new_loss, kl = (float(x) for x in average(torch.tensor(evaluate(), dtype=torch.float64)))
             if not _finite(new_loss, kl):
                 reason = "non_finite_step"
                 continue
