@@ -61,11 +61,14 @@ class GymVecEnv(BatchedEnv):
         for env, task in zip(self.vec.envs, tasks):  # once per batch of episodes, not per step
             env.unwrapped.set_task(task)
         obs, _ = self.vec.reset(seed=int(rng.integers(2**31)))
+        self.success = None
         return torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         act = actions.detach().cpu().numpy()
-        obs, reward, terminated, truncated, _ = self.vec.step(act)
+        obs, reward, terminated, truncated, info = self.vec.step(act)
+        if "success" in info:  # e.g. Meta-World: logged as success rates beside the return
+            self.success = torch.as_tensor(np.asarray(info["success"], dtype=bool), device=self.device)
         return (
             torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device),
             torch.as_tensor(np.asarray(reward, dtype=np.float32), device=self.device),
