@@ -23,12 +23,16 @@ from .trpo import TRPOStats, trpo_step
 
 @dataclass
 class MetaBatch:
-    """Everything one meta-update needs, per task: episodes and advantages before and after."""
+    """Everything one meta-update needs, per task: episodes and advantages before and after,
+    and the adaptation that produced the post-adaptation policy, still differentiable in the
+    shared parameters (computed once, before sampling, and reused for the meta-gradient)."""
 
     pre: Episodes
     pre_adv: torch.Tensor
     post: Episodes
     post_adv: torch.Tensor
+    start: FastWeights  # each task's starting values
+    fast: FastWeights  # the adapted values, with their graph (second order unless first_order)
 
 
 def _subsample_episodes(
@@ -73,8 +77,8 @@ def meta_update(
         kl = kl_divergence(policy.distribution(old), policy.distribution(new))
         return masked_task_mean(kl, ep.mask).mean()
 
-    # Meta-gradient: second order through the inner step unless first_order is set.
-    start, fast = adapted(create_graph=not adapt_cfg.first_order)
+    # Meta-gradient: through the inner step the trainer already took (second order unless first_order).
+    start, fast = batch.start, batch.fast
     out = policy_forward(policy, post.obs, fast)
     old_out = tuple(o.detach() for o in out)
     old_logp = policy.distribution(old_out).log_prob(post.actions)

@@ -30,7 +30,7 @@ from .distributed import DistributedError, init_workers
 from .evaluation import EvalResult, evaluate
 from .logging import ProgressLine, make_logger
 from .meta import MetaBatch, meta_update
-from .partition import as_leaves, initial_fast_weights, resolve_partition
+from .partition import initial_fast_weights, resolve_partition
 from .policies import make_policy
 from .sampler import Sampler
 from .seeding import TRAIN_STREAM, make_streams
@@ -154,17 +154,18 @@ class Trainer:
         t0 = time.perf_counter()
         all_tasks = self.distribution.sample_tasks(self.streams.tasks, cfg.meta_batch_size)  # same on every rank
         tasks = all_tasks[self.first_task : self.first_task + n]
-        start = as_leaves(initial_fast_weights(self.policy, self.partition, n))
+        start = initial_fast_weights(self.policy, self.partition, n)
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
         t_pre = time.perf_counter() - t0
-        pre_adv = advantages(pre, cfg.adaptation.gamma, cfg.adaptation.gae_lambda)
         a = cfg.adaptation
-        fast = adapt(self.policy, start, pre, pre_adv, a.inner_lr, a.inner_steps, create_graph=False)
+        pre_adv = advantages(pre, a.gamma, a.gae_lambda)
+        # differentiable in the shared weights: the meta-update reuses this graph
+        fast = adapt(self.policy, start, pre, pre_adv, a.inner_lr, a.inner_steps, create_graph=not a.first_order)
         t1 = time.perf_counter()
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
         sampling = t_pre + time.perf_counter() - t1
         post_adv = advantages(post, a.gamma, a.gae_lambda)
-        batch = MetaBatch(pre, pre_adv, post, post_adv)
+        batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast)
         stats = meta_update(self.policy, self.partition, batch, a, cfg.trpo, self.streams.actions, w.average)
         for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not
             w.broadcast_(p)
