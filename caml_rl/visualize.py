@@ -344,7 +344,7 @@ def plot_navigation(
         ax.set_xlabel("x position (env units)")
     handles, labels = grid[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3)
-    fig.suptitle(f"Trajectories over {n} tasks (rows) and inner steps (columns; title: mean return) [{where}]")
+    fig.suptitle(f"Trajectories over {n} tasks (rows) and inner steps (columns)\npanel title: mean return [{where}]")
     written.append(_save(fig, out / "navigation_grid.png"))
     return written
 
