@@ -65,6 +65,21 @@ def rank_from_env() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _pin_to_own_cores() -> None:
+    """Give each CPU worker on a machine its own share of the cores, so that the simulator's
+    threads (sized from the affinity mask) and torch's do not oversubscribe them."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world < 2 or not hasattr(os, "sched_getaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < local_world:
+        return
+    mine = set(cores[local_rank::local_world])
+    os.sched_setaffinity(0, mine)
+    torch.set_num_threads(len(mine))
+
+
 def init_workers(device: torch.device) -> tuple[Workers, torch.device]:
     """Join the process group torchrun set up (gloo on CPU, nccl on GPUs); returns the
     workers and this rank's device (``cuda:LOCAL_RANK`` for GPU runs)."""
@@ -73,6 +88,8 @@ def init_workers(device: torch.device) -> tuple[Workers, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    else:
+        _pin_to_own_cores()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
