@@ -14,11 +14,13 @@ import gymnasium as gym  # noqa: E402
 from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
 from .gym_adapter import GymTaskDistribution
 from .locomotion_registry import register_all
+from .metaworld import register_metaworld
 from .navigation import Navigation2D
 from .validation import validate
 
 register("navigation2d", Navigation2D)
 register_all()  # HalfCheetah and Ant task distributions and their caml/...-v0 gym ids
+register_metaworld()  # only when the optional `metaworld` extra is installed
 
 
 def _single(name: str):

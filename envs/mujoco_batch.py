@@ -39,6 +39,14 @@ _BAD_WARNINGS = ("mjWARN_BADQPOS", "mjWARN_BADQVEL", "mjWARN_BADQACC", "mjWARN_B
 _MAX_ABS_STATE = 1e10  # MuJoCo's own mjMAXVAL for "huge value" checks
 
 
+# model fields whose derived constants mj_setConst recomputes (mujoco < 4 does not list them)
+_SETCONST_INPUTS = getattr(
+    mujoco.MjModel,
+    "_setconst_inputs",
+    {"body_mass", "body_inertia", "body_pos", "body_quat", "body_ipos", "body_iquat", "dof_armature", "qpos0"},
+)
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -182,7 +190,7 @@ class MujocoBatch:
 
         Constants derived from them (``mj_setConst``) follow, so the physics sees the change.
         """
-        needs_const = any(name in mujoco.MjModel._setconst_inputs for name in values)
+        needs_const = any(name in _SETCONST_INPUTS for name in values)
         if self.backend == "batch":
             for name, value in values.items():
                 self._batch.expand(name)[:] = value

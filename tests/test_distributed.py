@@ -14,14 +14,37 @@ from caml_rl.checkpoint import latest_checkpoint, load_checkpoint
 # cg_damping 0.1: with the reference 1e-5 the tiny test problem's Fisher matrix is so badly
 # conditioned that conjugate gradient amplifies float rounding (summation order differs between
 # one and two workers) into visibly different steps; the maths is the same either way.
-SMALL = ["--set", "meta_batch_size=4", "--set", "episodes_per_task=3", "--set", "env.settings.horizon=15",
-         "--set", "policy.hidden_sizes=[16,16]", "--set", "trpo.cg_damping=0.1", "--set", "torch_threads=1",
-         "--device", "cpu", "--no-eval"]
+SMALL = [
+    "--set",
+    "meta_batch_size=4",
+    "--set",
+    "episodes_per_task=3",
+    "--set",
+    "env.settings.horizon=15",
+    "--set",
+    "policy.hidden_sizes=[16,16]",
+    "--set",
+    "trpo.cg_damping=0.1",
+    "--set",
+    "torch_threads=1",
+    "--device",
+    "cpu",
+    "--no-eval",
+]
 
 
 def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "caml_rl", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "caml_rl",
+        *args,
+    ]
 
 
 def weights(run: Path) -> dict:
@@ -30,14 +53,20 @@ def weights(run: Path) -> dict:
 
 def test_two_workers_take_the_same_steps_as_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "caml_rl", "train", *SMALL, "--iterations", "3", "--out", str(one)],
-                   check=True, capture_output=True, timeout=300)
-    proc = subprocess.run(torchrun("train", *SMALL, "--iterations", "2", "--out", str(two)),
-                          capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "caml_rl", "train", *SMALL, "--iterations", "3", "--out", str(one)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    proc = subprocess.run(
+        torchrun("train", *SMALL, "--iterations", "2", "--out", str(two)), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(2 workers)" in proc.stdout and proc.stdout.count("iter    1/2") == 1  # only rank 0 prints
-    proc = subprocess.run(torchrun("train", "--resume", str(two), "--iterations", "3"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        torchrun("train", "--resume", str(two), "--iterations", "3"), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = weights(one), weights(two)
     for name in a:
@@ -65,10 +94,13 @@ def _worker_pids(marker: str) -> dict[int, int]:
 
 def test_a_dead_worker_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(torchrun("train", *SMALL, "--iterations", "100000", "--set", "checkpoint_every=1",
-                                     "--out", str(run)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CAML_RL_DIST_TIMEOUT": "30"})
+    proc = subprocess.Popen(
+        torchrun("train", *SMALL, "--iterations", "100000", "--set", "checkpoint_every=1", "--out", str(run)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CAML_RL_DIST_TIMEOUT": "30"},
+    )
     try:
         deadline = time.time() + 120
         while not list((run / "checkpoints").glob("iter_*.pt")) and time.time() < deadline:

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from caml_rl.envs import mujoco_batch
 from caml_rl.envs.ant import AntDir, AntGoal, AntVel
 from caml_rl.envs.base import TaskDistributionError, make
 from caml_rl.envs.half_cheetah import HalfCheetahDir, HalfCheetahDynamics, HalfCheetahVel
@@ -20,6 +21,9 @@ from caml_rl.envs.locomotion_registry import LOCOMOTION, register_all
 register_all()
 
 CPU = torch.device("cpu")
+needs_batch = pytest.mark.skipif(
+    not mujoco_batch._has_batch(), reason="mujoco < 4.0 has no mujoco.batch (the rollout fallback is not bit-exact)"
+)
 
 
 def _actions(rng: np.random.Generator, steps: int, n: int, dim: int) -> np.ndarray:
@@ -57,6 +61,7 @@ def _gym_envs(gym_id: str, qpos: np.ndarray, qvel: np.ndarray, **kwargs) -> list
     return envs
 
 
+@needs_batch
 def test_halfcheetah_matches_gymnasium_bit_for_bit():
     n, steps = 3, 20
     dist = HalfCheetahVel()
@@ -95,6 +100,7 @@ def test_single_env_reset_matches_gymnasium_seeding():
     theirs.close()
 
 
+@needs_batch
 def test_ant_matches_gymnasium_bit_for_bit():
     n, steps = 2, 12
     dist = AntVel()
@@ -137,6 +143,7 @@ def test_tasks_give_different_rewards_for_the_same_trajectory():
         env.close()
 
 
+@needs_batch
 def test_dynamics_tasks_change_the_physics():
     dist = HalfCheetahDynamics(reset_noise_scale=0.0)
     env = dist.make_vec_env(3, CPU)
@@ -166,7 +173,7 @@ def test_dynamics_tasks_change_the_physics():
     env.close()
 
 
-@pytest.mark.parametrize("backend", ["batch", "rollout"])
+@pytest.mark.parametrize("backend", [pytest.param("batch", marks=needs_batch), "rollout"])
 def test_unstable_sim_raises_naming_sim_and_task(backend):
     dist = HalfCheetahVel()
     env = dist.make_vec_env(4, CPU, backend=backend)
@@ -187,9 +194,8 @@ def test_unstable_sim_raises_naming_sim_and_task(backend):
     env.close()
 
 
+@needs_batch
 def test_rollout_fallback_warns_and_stays_close_to_batch(monkeypatch):
-    from caml_rl.envs import mujoco_batch
-
     monkeypatch.setattr(mujoco_batch, "_has_batch", lambda: False)  # as on mujoco 3.3
     with pytest.warns(RuntimeWarning, match="no mujoco.batch: stepping with mujoco.rollout"):
         fallback = AntDir().make_vec_env(2, CPU)

@@ -8,8 +8,9 @@ from caml_rl import Trainer, load_config, load_run
 
 
 def test_evaluate_policy_matches_caml_rl_returns(tmp_path):
-    cfg = load_config(None, ["iterations=3", "meta_batch_size=5", "episodes_per_task=5", "device=cpu",
-                             "policy.hidden_sizes=[32, 32]"])
+    cfg = load_config(
+        None, ["iterations=3", "meta_batch_size=5", "episodes_per_task=5", "device=cpu", "policy.hidden_sizes=[32, 32]"]
+    )
     Trainer(cfg, tmp_path / "run").train(evaluate_at_end=False, quiet=True)
     run = load_run(tmp_path / "run")
     task = [0.3, -0.2]
