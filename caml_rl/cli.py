@@ -130,12 +130,18 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="folder for results.md, results.json and the PNGs")
     p.add_argument("--steps", type=int, default=3, help="inner steps shown in the table")
+    p.add_argument(
+        "--x",
+        dest="x_key",
+        metavar="CONFIG_KEY",
+        help="also plot the one-step return against this config key, e.g. adaptation.inner_lr",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import report
 
-    for path in report(args.run_dirs, args.out, args.steps):
+    for path in report(args.run_dirs, args.out, args.steps, args.x_key):
         print(f"wrote {path}")
     print((Path(args.out) / "results.md").read_text())
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .checkpoint import CheckpointError, atomic_write_text
+from .config import ConfigError
 from .evaluation import mean_ci95
 
 SEED_SUFFIX = re.compile(r"_seed\d+$")
@@ -136,12 +138,53 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     return paths
 
 
-def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3) -> list[Path]:
-    """Write ``results.md`` (+ ``results.json``), learning curves and adaptation curves to ``out``."""
+def config_value(run_dir: Path, key: str) -> float:
+    """A (dotted) key of a run's resolved config, e.g. ``adaptation.inner_lr``."""
+    node = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"--x {key!r}: run {str(run_dir)!r} has no such config key")
+        node = node[part]
+    return float(node)
+
+
+def plot_sensitivity(groups: list[RunGroup], rows: list[dict], key: str, out: Path, step: int = 1) -> Path:
+    """Return after ``step`` inner steps against a config value, one line per partition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for g, r in zip(groups, rows):
+        series.setdefault(r["adapt"], []).append((config_value(g.runs[0], key), r["returns"][step], r["ci95"][step]))
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for adapt, points in sorted(series.items()):
+        x, y, c = map(np.array, zip(*sorted(points)))
+        ax.errorbar(x, y, yerr=c, marker="o", capsize=3, label=f"adapt = {adapt}")
+    xs = [p[0] for pts in series.values() for p in pts]
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel=f"mean return after {step} inner step(s) (95% CI)", title=f"Sensitivity to {key}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = out / f"sensitivity_{key.replace('.', '_')}.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3, x_key: str | None = None) -> list[Path]:
+    """Write ``results.md`` (+ ``results.json``), learning curves and adaptation curves to ``out``;
+    with ``x_key`` also the one-step return against that config value."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     groups = collect(run_dirs)
     rows = [group_row(g, steps) for g in groups]
     atomic_write_text(out / "results.md", markdown_table(rows, steps))
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
-    return [out / "results.md", out / "results.json", *plot_curves(groups, rows, out)]
+    paths = [out / "results.md", out / "results.json", *plot_curves(groups, rows, out)]
+    if x_key:
+        paths.append(plot_sensitivity(groups, rows, x_key, out))
+    return paths

@@ -48,7 +48,10 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert json.loads((root / "nav/maml/eval.json").read_text())["iteration"] == 3
 
     out = tmp_path / "report"
-    paths = report([root / "nav/caml_seed0", root / "nav/caml_seed1", root / "nav/maml"], out, steps=2)
+    paths = report(
+        [root / "nav/caml_seed0", root / "nav/caml_seed1", root / "nav/maml"], out, steps=2, x_key="policy.context_size"
+    )
+    assert paths[-1].name == "sensitivity_policy_context_size.png"
     assert all(p.stat().st_size > 0 for p in paths)
     rows = json.loads((out / "results.json").read_text())
     caml = next(r for r in rows if r["label"] == "nav/caml")
