@@ -409,11 +409,12 @@ def plot_context_embedding(
             lw=1.5,
             label="requested task",
         )
+    corr = float(np.corrcoef(pcs[:, 0], tasks[:, 0])[0, 1]) if np.ptp(tasks[:, 0]) > 0 else float("nan")
     ax.set(
         xlabel=f"PC 1 ({100 * share[0]:.0f}% of variance, context units)",
         ylabel=f"PC 2 ({100 * share[1]:.0f}% of variance, context units)",
         title=f"Contexts after 1 inner step (PCA of {ctx.shape[1]}-d context) [{run.config.env.name}, "
-        f"iteration {run.iteration}]",
+        f"iteration {run.iteration}]\ncorrelation of PC 1 with {name}: r = {corr:.2f}",
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
