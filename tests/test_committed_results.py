@@ -1,0 +1,21 @@
+"""The committed results can be re-evaluated from their checkpoints by anyone."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caml_rl import load_run
+
+RESULTS = Path(__file__).parents[1] / "experiments" / "results"
+
+
+@pytest.mark.parametrize("run", ["navigation/caml_seed0", "navigation/maml_seed0"])
+def test_evaluate_reproduces_the_committed_table_row(run):
+    run_dir = RESULTS / run
+    committed = json.loads((run_dir / "eval.json").read_text())
+    result = load_run(run_dir).evaluate()
+    assert result.iteration == committed["iteration"] and result.num_tasks == committed["num_tasks"]
+    # same seed and streams: equal up to float summation order, and certainly within the interval
+    assert np.allclose(result.returns, committed["returns"], atol=np.array(committed["ci95"]) / 4)
