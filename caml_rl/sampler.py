@@ -98,7 +98,7 @@ class Sampler:
                 succeeded |= self.env.success.to(self.device).view(n_t, n_e) & alive
             alive = alive & ~terminated.to(self.device).view(n_t, n_e)
             obs = next_obs.to(self.device)
-            if not alive.any():
+            if self.device.type == "cpu" and not alive.any():  # on a GPU this check would sync every step
                 break
         return Episodes(obs_buf, act_buf, rew_buf, mask_buf, succeeded if self.env.success is not None else None)
 
