@@ -98,3 +98,19 @@ def test_module_class_names_import_user_code():
     with pytest.raises(envs.TaskDistributionError, match="could not be imported"):
         envs.make("no_such_module:Thing")
     assert torch.is_tensor(dist.make_vec_env(1, torch.device("cpu")).reset(np.zeros((1, 2)), None))
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    text = README.read_text()
+    code = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
+    small = '["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "evaluation.tasks=3", "evaluation.episodes=2"]'
+    assert '["iterations=100"]' in code
+    code = code.replace('["iterations=100"]', small)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    source = README.parent / "experiments" / "configs" / "navigation_caml.yaml"
+    (tmp_path / "experiments" / "configs" / "navigation_caml.yaml").write_text(source.read_text())
+    namespace: dict = {}
+    exec(compile(code, "README-api", "exec"), namespace)
+    assert namespace["action"].shape == (2,)
+    assert tuple(namespace["adapted"].context.shape) == (1, 5)
