@@ -77,19 +77,6 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     for key in ("tasks", "episodes", "horizon", "iterations"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
-    if rank_from_env() != 0:  # under torchrun: every worker measures, rank 0 reports
-        run_benchmark(
-            args.env,
-            args.tasks,
-            args.episodes,
-            args.horizon,
-            args.iterations,
-            args.device,
-            args.method,
-            args.preset,
-            args.overrides,
-        )
-        return
     result = run_benchmark(
         args.env,
         args.tasks,
@@ -101,6 +88,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         args.preset,
         args.overrides,
     )
+    if rank_from_env() != 0:  # under torchrun every worker measures; rank 0 reports
+        return
     if args.json:
         print(json.dumps(result))
         return

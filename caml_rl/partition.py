@@ -17,7 +17,7 @@ FastWeights = dict[str, torch.Tensor]
 
 
 class PartitionError(ValueError):
-    pass
+    """``adaptation.partition`` names something the policy does not have."""
 
 
 def resolve_partition(policy: ContextMLPPolicy, spec: str) -> tuple[str, ...]:

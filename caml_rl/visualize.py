@@ -152,18 +152,7 @@ def sample_eval_tasks(run: LoadedRun, num_tasks: int, seed: int | None = None) -
 
 
 def _as_run(run: LoadedRun | str | Path) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else load_visualize_run(run)
-
-
-def load_visualize_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
-    """``load_run`` with the MuJoCo locomotion distributions registered first."""
-    try:
-        from caml_rl.envs.locomotion_registry import register_all
-    except ImportError:  # MuJoCo missing: only the pure-torch envs can load
-        pass
-    else:
-        register_all()
-    return load_run(run_dir, checkpoint)
+    return run if isinstance(run, LoadedRun) else load_run(run)
 
 
 def _is_mujoco(run: LoadedRun) -> bool:
@@ -717,7 +706,7 @@ def cmd_visualize(args: argparse.Namespace) -> list[Path]:
     bad = [s for s in args.steps if not 0 <= s <= 50]
     if bad:
         raise ValueError(f"--steps {bad[0]} is out of range; allowed: integers from 0 to 50")
-    run = load_visualize_run(args.run_dir, args.checkpoint)
+    run = load_run(args.run_dir, args.checkpoint)
     task = parse_task(args.task, run.distribution.task_names, run.config.env.name) if args.task else None
     paths = visualize(
         run,

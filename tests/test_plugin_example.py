@@ -103,7 +103,9 @@ def test_module_class_names_import_user_code():
 def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     text = README.read_text()
     code = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
-    small = '["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "evaluation.tasks=3", "evaluation.episodes=2"]'
+    small = str(
+        ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "evaluation.tasks=3", "evaluation.episodes=2"]
+    )
     assert '["iterations=100"]' in code
     code = code.replace('["iterations=100"]', small)
     monkeypatch.chdir(tmp_path)
