@@ -114,6 +114,30 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep(args.suite, args.jobs, args.only, args.dry_run)
 
 
+def _add_baseline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "baseline",
+        help="train an SB3 PPO baseline on a task distribution (fine-tuned at test time, or --oracle)",
+    )
+    p.add_argument("config", nargs="?", help="YAML config giving env, policy architecture and evaluation")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="run directory (resumed if it already holds ppo_model.zip)")
+    p.add_argument("--oracle", action="store_true", help="give PPO the task parameters in its observation")
+    p.add_argument("--timesteps", type=int, default=2_000_000, help="PPO env steps (default: 2,000,000)")
+    p.add_argument("--n-envs", type=int, default=8, help="envs stepped together by SB3 (default: 8)")
+    p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+
+
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from .ppo_baseline import PPOBaselineRun, PPOSettings
+
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    config = load_config(args.config, overrides)
+    ppo = PPOSettings(total_timesteps=args.timesteps, n_envs=args.n_envs)
+    PPOBaselineRun(config, args.out, ppo, oracle=args.oracle).train(evaluate_at_end=not args.no_eval)
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="Markdown table and plots from run directories (seeds pooled)")
     p.add_argument("run_dirs", nargs="+")
@@ -212,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(sub)
     _add_sweep(sub)
     _add_report(sub)
+    _add_baseline(sub)
     add_visualize_command(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     return parser
@@ -224,6 +249,7 @@ COMMANDS = {
     "benchmark": cmd_benchmark,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "baseline": cmd_baseline,
     "visualize": cmd_visualize,
 }
 

@@ -100,7 +100,8 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     paths = []
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for g in groups:
-        curves = [np.array([float(r["return/after_adaptation"]) for r in p]) for p in g.progress if p]
+        meta = [p for p in g.progress if p and "return/after_adaptation" in p[0]]  # baselines have no such curve
+        curves = [np.array([float(r["return/after_adaptation"]) for r in p]) for p in meta]
         if not curves:
             continue
         n = min(map(len, curves))
@@ -109,11 +110,12 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
         ax.plot(it, stack.mean(0), label=f"{g.label} (after 1 step, {len(curves)} seed(s))")
         if len(curves) > 1:
             ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.2)
-        pre = np.stack([np.array([float(r["return/before_adaptation"]) for r in p])[:n] for p in g.progress if p])
+        pre = np.stack([np.array([float(r["return/before_adaptation"]) for r in p])[:n] for p in meta])
         ax.plot(it, pre.mean(0), linestyle=":", color=ax.lines[-1].get_color(), label=f"{g.label} (before)")
     ax.set(xlabel="meta-iteration", ylabel="mean episode return", title="Learning curves (training tasks)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     paths.append(out / "learning_curves.png")
     fig.tight_layout()
     fig.savefig(paths[-1])

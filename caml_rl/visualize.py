@@ -42,7 +42,7 @@ GL_BACKENDS = ("egl", "osmesa")
 PANEL_W, PANEL_H, CAPTION_H = 320, 240, 48
 MAX_TRAJECTORIES = 10  # episodes drawn per navigation panel
 MAX_GRID_TASKS = 6
-EMBEDDING_TASKS = 20
+EMBEDDING_TASKS = 40  # the paper-style embedding plot: 40+ tasks
 
 
 class RenderError(RuntimeError):

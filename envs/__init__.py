@@ -16,9 +16,11 @@ from .gym_adapter import GymTaskDistribution
 from .locomotion_registry import register_all
 from .metaworld import register_metaworld
 from .navigation import Navigation2D
+from .task_in_observation import TaskInObservation
 from .validation import validate
 
 register("navigation2d", Navigation2D)
+register("task_in_observation", TaskInObservation)  # the oracle baseline
 register_all()  # HalfCheetah and Ant task distributions and their caml/...-v0 gym ids
 register_metaworld()  # only when the optional `metaworld` extra is installed
 
@@ -40,6 +42,7 @@ __all__ = [
     "SingleTaskEnv",
     "TaskDistribution",
     "TaskDistributionError",
+    "TaskInObservation",
     "make",
     "register",
     "registered",

@@ -158,14 +158,17 @@ class SingleTaskEnv(gym.Env):
         self.action_space = distribution.action_space
         self._vec = distribution.make_vec_env(1, torch.device("cpu"))
         self._task = None if task is None else np.asarray(task, dtype=np.float64).reshape(1, -1)
+        self._fixed = task is not None
         self._t = 0
 
     def set_task(self, task: np.ndarray) -> None:
+        """Fix the task for every following episode."""
         self._task = np.asarray(task, dtype=np.float64).reshape(1, -1)
+        self._fixed = True
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if self._task is None or (options or {}).get("new_task"):
+        if not self._fixed or (options or {}).get("new_task"):
             self._task = self.distribution.sample_tasks(self.np_random, 1)
         self._t = 0
         obs = self._vec.reset(self._task, self.np_random)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# SB3 PPO baselines for the HalfCheetah velocity table (issue: ecosystem). Each command resumes
+# from RUN_DIR/ppo_model.zip when interrupted and ends with the same evaluation as the meta-trained runs.
+#   ppo:        trained on random tasks without task information, fine-tuned at test time on all weights
+#   ppo_oracle: told the goal velocity in its observation (an upper line)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=experiments/configs/halfcheetah_vel_maml.yaml  # env, 100x100 ReLU policy, inner lr 0.1, evaluation
+STEPS=${STEPS:-2000000}
+caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
+caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
+  --set torch_threads=1
