@@ -42,7 +42,7 @@ def test_accepted_step_improves_and_respects_kl():
     stats = trpo_step([theta], loss_fn(), fvp, evaluate, max_kl=0.01)
     assert stats.accepted and stats.reason == "accepted"
     assert stats.kl <= 0.01
-    assert float(loss_fn()) < stats.loss_before
+    assert float(loss_fn().detach()) < stats.loss_before
     assert theta[0].item() > 0
 
 
