@@ -11,7 +11,9 @@ from caml_rl import load_run
 RESULTS = Path(__file__).parents[1] / "experiments" / "results"
 
 
-@pytest.mark.parametrize("run", ["navigation/caml_seed0", "navigation/maml_seed0"])
+@pytest.mark.parametrize(
+    "run", ["navigation/caml_seed0", "navigation/maml_seed0", "halfcheetah_vel/caml_seed0", "halfcheetah_vel/ppo_seed0"]
+)
 def test_evaluate_reproduces_the_committed_table_row(run):
     run_dir = RESULTS / run
     committed = json.loads((run_dir / "eval.json").read_text())
