@@ -123,7 +123,8 @@ class PPOBaselineRun:
         ppo.validate()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.config, self.ppo, self.oracle = baseline_config(config, oracle), ppo, oracle
+        self.config, self.ppo = baseline_config(config, oracle), ppo
+        self.oracle = self.config.env.name == "task_in_observation"
         self.run_dir = Path(run_dir)
         self.distribution = envs.make(self.config.env.name, **self.config.env.settings)
         self.config.env.settings = self.distribution.settings()
