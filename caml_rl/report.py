@@ -50,12 +50,17 @@ def collect(run_dirs: list[str | Path]) -> list[RunGroup]:
     return list(groups.values())
 
 
+def _row_at(progress: list[dict], iteration: int) -> dict:
+    """The progress row of the evaluated iteration (a run may have trained past its evaluated checkpoint)."""
+    return next((r for r in progress if r.get("iteration") and int(float(r["iteration"])) == iteration), progress[-1])
+
+
 def group_row(g: RunGroup, steps: int) -> dict:
     per_step = []
     for k in range(steps + 1):
         vals = [r for e in g.evals if k < len(e["task_returns"]) for r in e["task_returns"][k]]
         per_step.append(mean_ci95(np.array(vals)) if vals else (float("nan"), float("nan")))
-    last = [p[-1] for p in g.progress if p]
+    last = [_row_at(p, e["iteration"]) for p, e in zip(g.progress, g.evals) if p]
     return {
         "label": g.label,
         "env": g.evals[0]["env"],
