@@ -31,7 +31,7 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from caml_rl import envs
 
-from .checkpoint import atomic_write_json, atomic_write_text, checkpoint_path, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_json, atomic_write_text, checkpoint_path, save_checkpoint
 from .config import Config, ConfigError
 from .evaluation import EvalResult
 from .logging import ResumableCSVOutputFormat
@@ -108,7 +108,6 @@ class _Checkpointer(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         run = self.run
-        run.iteration += 1
         self.logger.record("iteration", run.iteration)
         self.logger.record("time/env_steps", self.model.num_timesteps)
         self.logger.record("time/total_seconds", run.wall_time())
@@ -128,7 +127,7 @@ class PPOBaselineRun:
         self.run_dir = Path(run_dir)
         self.distribution = envs.make(self.config.env.name, **self.config.env.settings)
         self.config.env.settings = self.distribution.settings()
-        self.iteration, self._wall0, self._t0 = 0, 0.0, time.perf_counter()
+        self._wall0, self._t0 = 0.0, time.perf_counter()
         self.model = self._load_or_create()
 
     def _make_env(self):
@@ -138,12 +137,17 @@ class PPOBaselineRun:
     def _load_or_create(self) -> PPO:
         path = self.run_dir / MODEL_FILE
         if path.is_file():
-            model = PPO.load(path, env=self._make_env(), device="cpu")
-            record = yaml.safe_load((self.run_dir / "ppo_state.yaml").read_text())
-            self.iteration, self._wall0 = int(record["iteration"]), float(record["wall_time"])
+            try:
+                model = PPO.load(path, env=self._make_env(), device="cpu")
+            except Exception as exc:  # SB3 raises many kinds for damaged or foreign files
+                raise CheckpointError(
+                    f"PPO model {str(path)!r} is damaged or does not fit this config ({type(exc).__name__}); "
+                    "delete it to restart the baseline"
+                ) from None
+            state = self.run_dir / "ppo_state.yaml"
+            self._wall0 = float(yaml.safe_load(state.read_text())["wall_time"]) if state.is_file() else 0.0
             return model
-        p, act = self.config.policy, ACTIVATIONS[self.config.policy.activation]
-        hidden = list(p.hidden_sizes)
+        act, hidden = ACTIVATIONS[self.config.policy.activation], list(self.config.policy.hidden_sizes)
         return PPO(
             "MlpPolicy",
             self._make_env(),
@@ -157,6 +161,11 @@ class PPOBaselineRun:
             seed=self.config.seed,
             device="cpu",
         )
+
+    @property
+    def iteration(self) -> int:
+        """PPO rollouts done, derived from the model's env steps so it cannot drift from the resume point."""
+        return self.model.num_timesteps // (self.model.n_steps * self.model.n_envs)
 
     def wall_time(self) -> float:
         return self._wall0 + time.perf_counter() - self._t0

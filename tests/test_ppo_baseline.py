@@ -79,3 +79,11 @@ def test_cli_baseline_rejects_bad_settings(capsys):
         main(["baseline", "--out", "x", "--timesteps", "0"])
     assert exc.value.code == 2
     assert "total_timesteps=0" in capsys.readouterr().err
+
+
+def test_damaged_ppo_model_gives_one_line_error(tmp_path, capsys):
+    (tmp_path / "ppo_model.zip").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit) as exc:
+        main(["baseline", "--out", str(tmp_path), "--timesteps", "64"])
+    assert exc.value.code == 2
+    assert "ppo_model.zip' is damaged" in capsys.readouterr().err
