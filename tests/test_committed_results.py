@@ -12,7 +12,14 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
 
 
 @pytest.mark.parametrize(
-    "run", ["navigation/caml_seed0", "navigation/maml_seed0", "halfcheetah_vel/caml_seed0", "halfcheetah_vel/ppo_seed0"]
+    "run",
+    [
+        "navigation/caml_seed0",
+        "navigation/maml_seed0",
+        "halfcheetah_vel/caml_seed0",
+        "halfcheetah_vel/ppo_seed0",
+        "halfcheetah_dir/caml_seed0",
+    ],
 )
 def test_evaluate_reproduces_the_committed_table_row(run):
     run_dir = RESULTS / run
