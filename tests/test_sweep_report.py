@@ -58,6 +58,14 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert caml["seeds"] == 2 and caml["tasks"] == 6 and len(caml["returns"]) == 3
     assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
 
+    # a run evaluated at an earlier checkpoint reports that iteration's env steps, not the last row's
+    evaluated = json.loads((root / "nav/maml/eval.json").read_text())
+    (root / "nav/maml/eval.json").write_text(json.dumps({**evaluated, "iteration": 2}))
+    report([root / "nav/maml"], out, steps=2)
+    (maml,) = json.loads((out / "results.json").read_text())
+    # each iteration samples 3 tasks x 2 episodes x 10 steps before and again after adaptation
+    assert maml["iterations"] == [2] and maml["env_steps"] == 2 * (2 * 3 * 2 * 10)
+
 
 def test_bad_suites_and_report_inputs(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
