@@ -346,6 +346,12 @@ class MujocoTaskDistribution(TaskDistribution):
     frame_skip: int = 5
     reset_noise_scale: float = 0.1
     ctrl_cost_weight: float = 0.05
+    action_scale: float = 1.0
+    """Policy actions are divided by this, then clipped to the actuator range (pytorch-maml-rl's
+    ``normalization_scale``, 10 in its MuJoCo configs); the action space is ``[-scale, scale]``."""
+    observe_torso_com: bool = False
+    """Append the torso's position (``xpos`` of body 1, absolute x included: pytorch-maml-rl's
+    ``get_body_com("torso")``) to the observation."""
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -358,17 +364,24 @@ class MujocoTaskDistribution(TaskDistribution):
     @property
     def observation_space(self) -> gym.spaces.Box:
         m = self.model
-        return gym.spaces.Box(-np.inf, np.inf, shape=(m.nq - self.root_qpos_skip + m.nv,), dtype=np.float32)
+        dim = m.nq - self.root_qpos_skip + m.nv + (3 if self.observe_torso_com else 0)
+        return gym.spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float32)
 
     @property
     def action_space(self) -> gym.spaces.Box:
-        return gym.spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)
+        s = float(self.action_scale)
+        return gym.spaces.Box(-s, s, shape=(self.model.nu,), dtype=np.float32)
 
     def validate_settings(self) -> None:
         super().validate_settings()
         check_setting(self, "frame_skip", 1, 1000, integer=True)
         check_setting(self, "reset_noise_scale", 0.0, 10.0)
         check_setting(self, "ctrl_cost_weight", 0.0)
+        check_setting(self, "action_scale", 0.0, 1e6, low_open=True)
+        if not isinstance(self.observe_torso_com, bool):
+            raise TaskDistributionError(
+                f"env setting observe_torso_com={self.observe_torso_com!r} must be true or false"
+            )
 
     def make_vec_env(self, num_envs: int, device: torch.device, *, backend: str | None = None) -> BatchedEnv:
         return LocomotionVecEnv(self, num_envs, device, backend=backend)
@@ -411,6 +424,10 @@ class LocomotionVecEnv(BatchedEnv):
         self.dist, self.num_envs, self.device = dist, int(num_envs), torch.device(device)
         model = dist.model
         self.sim = MujocoBatch(model, self.num_envs, dist.frame_skip, backend=backend)
+        if dist.observe_torso_com and self.sim.backend != "batch":
+            raise TaskDistributionError(
+                f"{dist.label}: observe_torso_com needs mujoco >= 4.0 (mujoco.batch); this is mujoco {mujoco.__version__}"
+            )
         self.obs_dim = dist.observation_space.shape[0]
         self.act_dim = model.nu
         lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
@@ -458,7 +475,7 @@ class LocomotionVecEnv(BatchedEnv):
             bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
             j = int(np.flatnonzero(~np.isfinite(a[bad[0]]))[0])
             self._raise(bad, [f"action[{j}]={a[bad[0], j]}"], "got a non-finite action")
-        a = np.clip(a.astype(np.float64), -1.0, 1.0)
+        a = np.clip(a.astype(np.float64) / self.dist.action_scale, -1.0, 1.0)
         ids = None if not self._done.any() else np.flatnonzero(~self._done)
         self.sim.set_ctrl(self._mid + a * self._half, ids)
         before = self.dist.position(self.sim).copy()
@@ -500,7 +517,9 @@ class LocomotionVecEnv(BatchedEnv):
             flat = self._pinned.numpy()
             obs = flat[: n * k].reshape(n, k)
         obs[:, : nq - skip] = self.sim.qpos[:, skip:]
-        obs[:, nq - skip :] = self.sim.qvel
+        obs[:, nq - skip : nq - skip + self.sim.qvel.shape[1]] = self.sim.qvel
+        if self.dist.observe_torso_com:
+            obs[:, -3:] = self.sim.body_xpos(1)
         rew = np.zeros(n) if reward is None else reward
         term = np.zeros(n, dtype=bool) if terminated is None else terminated
         if self._pinned is None:

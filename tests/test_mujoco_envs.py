@@ -85,6 +85,32 @@ def test_halfcheetah_matches_gymnasium_bit_for_bit():
     env.close()
 
 
+@needs_batch
+def test_peer_action_scale_and_torso_com():
+    """pytorch-maml-rl's HalfCheetah: actions divided by 10 before the clip; torso xpos appended."""
+    n = 2
+    dist = HalfCheetahDir(action_scale=10.0, observe_torso_com=True)
+    assert dist.observation_space.shape == (20,)
+    assert dist.action_space.low.min() == -10.0 and dist.action_space.high.max() == 10.0
+    env = dist.make_vec_env(n, CPU)
+    tasks = np.array([[1.0], [-1.0]])
+    obs = env.reset(tasks, np.random.default_rng(5))
+    gyms = _gym_envs("HalfCheetah-v5", env.sim.qpos.copy(), env.sim.qvel.copy())
+    for i, g in enumerate(gyms):
+        assert np.allclose(obs[i, 17:].numpy(), g.unwrapped.data.body("torso").xpos)
+    for a in _actions(np.random.default_rng(6), 10, n, 6) * 15.0:  # some components beyond the scale
+        obs, reward, _ = env.step(torch.from_numpy(a))
+        for i, g in enumerate(gyms):
+            applied = np.clip(a[i].astype(np.float64) / 10.0, -1.0, 1.0)
+            _, _, _, _, info = g.step(applied)
+            assert np.array_equal(env.sim.qpos[i], g.unwrapped.data.qpos)
+            assert np.array_equal(obs[i, :17].numpy(), g.unwrapped._get_obs().astype(np.float32))
+            assert np.array_equal(obs[i, 17:].numpy(), g.unwrapped.data.body("torso").xpos.astype(np.float32))
+            expected = tasks[i, 0] * info["x_velocity"] - 0.05 * np.sum(np.square(applied))
+            assert reward[i].item() == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    env.close()
+
+
 def test_single_env_reset_matches_gymnasium_seeding():
     ours = gym.make("caml/HalfCheetahDir-v0", task=[1.0])
     theirs = gym.make("HalfCheetah-v5")
@@ -234,6 +260,8 @@ def test_rollout_fallback_warns_and_stays_close_to_batch(monkeypatch):
         ("ant_goal", {"goal_norm": 3}, "goal_norm=3 must be 1 or 2"),
         ("ant_vel", {"ctrl_cost_weight": -1.0}, r"ctrl_cost_weight=-1.0 must be a number in \[0.0, inf\)"),
         ("ant_dir", {"healthy_z_low": 1.5}, "need healthy_z_low <= healthy_z_high"),
+        ("halfcheetah_dir", {"action_scale": 0.0}, r"action_scale=0.0 must be a number in \(0.0, 1000000.0\]"),
+        ("halfcheetah_vel", {"observe_torso_com": 1}, "observe_torso_com=1 must be true or false"),
         (
             "ant_dir",
             {"terminate_when_unhealthy": "yes"},
