@@ -48,6 +48,63 @@ def _subsample_episodes(
     return sub, tuple(p[:, :, idx] for p in params)
 
 
+def surrogate_loss(
+    policy: ContextMLPPolicy, batch: MetaBatch, params_out: tuple[torch.Tensor, ...], old_logp: torch.Tensor
+) -> torch.Tensor:
+    """The outer loss: ``-mean over tasks of mean(ratio * A)`` on the post-adaptation episodes."""
+    logp = policy.distribution(params_out).log_prob(batch.post.actions)
+    ratio = torch.exp(logp - old_logp)
+    return -masked_task_mean(ratio * batch.post_adv, batch.post.mask).mean()
+
+
+def mean_kl(
+    policy: ContextMLPPolicy, ep: Episodes, old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """KL(old || new) averaged over each task's valid steps, then over tasks."""
+    kl = kl_divergence(policy.distribution(old), policy.distribution(new))
+    return masked_task_mean(kl, ep.mask).mean()
+
+
+def readapt(
+    policy: ContextMLPPolicy, names: tuple[str, ...], batch: MetaBatch, cfg: AdaptationConfig, create_graph: bool
+) -> FastWeights:
+    """The inner step again, from the shared parameters as they are now."""
+    start = initial_fast_weights(policy, names, batch.pre.num_tasks)
+    return adapt(policy, start, batch.pre, batch.pre_adv, cfg.inner_lr, cfg.inner_steps, create_graph)
+
+
+def fisher_vector_product(
+    policy: ContextMLPPolicy,
+    names: tuple[str, ...],
+    batch: MetaBatch,
+    adapt_cfg: AdaptationConfig,
+    trpo_cfg: TRPOConfig,
+    generator: torch.Generator,
+    old_out: tuple[torch.Tensor, ...],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v``, H the Hessian in the shared parameters of the mean KL from the adapted policy.
+
+    ``fisher="full"`` differentiates the KL through the inner step (pytorch-maml-rl's metric);
+    ``"fixed"`` holds the adaptation step constant (cheaper; exact for the parameters' direct
+    effect only). ``old_out``: the adapted policy's outputs on the post-adaptation episodes,
+    detached. The KL's gradient graph is built once and reused by every product.
+    """
+    params = list(policy.parameters())
+    kl_ep, kl_old = _subsample_episodes(batch.post, old_out, trpo_cfg.fvp_subsample, generator)
+    if trpo_cfg.fisher == "fixed":
+        kl_fast = detach_offset(batch.start, batch.fast)
+    else:
+        kl_fast = readapt(policy, names, batch, adapt_cfg, create_graph=True)
+    kl = mean_kl(policy, kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
+    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).detach()
+
+    return fvp
+
+
 def meta_update(
     policy: ContextMLPPolicy,
     names: tuple[str, ...],
@@ -60,52 +117,24 @@ def meta_update(
     """One TRPO step on ``policy``'s parameters (in place), or none if the step is rejected.
 
     ``average`` is the mean over distributed workers (each holding a share of the tasks)."""
-    params = list(policy.parameters())
-    num_tasks, post = batch.pre.num_tasks, batch.post
-
-    def adapted(create_graph: bool) -> tuple[FastWeights, FastWeights]:
-        start = initial_fast_weights(policy, names, num_tasks)
-        fast = adapt(policy, start, batch.pre, batch.pre_adv, adapt_cfg.inner_lr, adapt_cfg.inner_steps, create_graph)
-        return start, fast
-
-    def surrogate(params_out: tuple[torch.Tensor, ...], old_logp: torch.Tensor) -> torch.Tensor:
-        logp = policy.distribution(params_out).log_prob(post.actions)
-        ratio = torch.exp(logp - old_logp)
-        return -masked_task_mean(ratio * batch.post_adv, post.mask).mean()
-
-    def mean_kl(ep: Episodes, old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        kl = kl_divergence(policy.distribution(old), policy.distribution(new))
-        return masked_task_mean(kl, ep.mask).mean()
-
+    post = batch.post
     # Meta-gradient: through the inner step the trainer already took (second order unless first_order).
-    start, fast = batch.start, batch.fast
-    out = policy_forward(policy, post.obs, fast)
+    out = policy_forward(policy, post.obs, batch.fast)
     old_out = tuple(o.detach() for o in out)
     old_logp = policy.distribution(old_out).log_prob(post.actions)
-    loss = surrogate(out, old_logp)
-
-    # Fisher metric: Hessian of the KL, built once and reused across conjugate-gradient steps.
-    kl_ep, kl_old = _subsample_episodes(post, old_out, trpo_cfg.fvp_subsample, generator)
-    if trpo_cfg.fisher == "fixed":
-        kl_fast = detach_offset(start, fast)  # the adaptation step held constant
-    else:
-        kl_fast = adapted(create_graph=True)[1]
-    kl = mean_kl(kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
-    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
-
-    def fvp(v: torch.Tensor) -> torch.Tensor:
-        hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]).detach()
+    loss = surrogate_loss(policy, batch, out, old_logp)
+    fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out)
 
     def evaluate() -> tuple[float, float]:
         with torch.enable_grad():  # the inner step needs gradients even inside the line search
-            _, new_fast = adapted(create_graph=False)
+            new_fast = readapt(policy, names, batch, adapt_cfg, create_graph=False)
         with torch.no_grad():
             new_out = policy_forward(policy, post.obs, new_fast)
-            return float(surrogate(new_out, old_logp)), float(mean_kl(post, old_out, new_out))
+            new_loss = surrogate_loss(policy, batch, new_out, old_logp)
+            return float(new_loss), float(mean_kl(policy, post, old_out, new_out))
 
     return trpo_step(
-        params,
+        list(policy.parameters()),
         loss,
         fvp,
         evaluate,
