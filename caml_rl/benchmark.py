@@ -20,7 +20,8 @@ from .trainer import Trainer
 PRESETS = {
     # the paper's HalfCheetah scale (CAVIA): 200 x 200 hidden, 50 context numbers, horizon 200
     "paper": {"horizon": 200, "hidden": [200, 200], "context": 50},
-    # pytorch-maml-rl's HalfCheetah settings: horizon 100, 100 x 100 hidden
+    # pytorch-maml-rl's HalfCheetah batch (40 tasks x 20 episodes, horizon 100) with a 100 x 100 ReLU
+    # network; its own policy is 64 x 64 tanh (experiments/configs/halfcheetah_dir_maml_peer.yaml)
     "maml-rl": {"horizon": 100, "hidden": [100, 100], "context": 50},
 }
 

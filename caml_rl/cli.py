@@ -7,11 +7,13 @@ stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
-from .checkpoint import CheckpointError, atomic_write_json
+from .checkpoint import CheckpointError, RunDirectoryWarning, atomic_write_json, check_out_path
 from .config import ConfigError, load_config
 from .distributed import DistributedError, launched_by_torchrun, rank_from_env
 from .partition import PartitionError
@@ -48,7 +50,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the test tasks (default: the run's seed)")
     p.add_argument("--inner-lr", type=float, help="inner step size (default: the run's)")
     p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
-    p.add_argument("--out", help="where to write the JSON (default: RUN_DIR/eval.json)")
+    p.add_argument(
+        "--out", help="where to write the JSON (default: RUN_DIR/eval.json, only if the run has none yet)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +68,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=["paper", "maml-rl"],
-        help="paper: horizon 200, 200x200, 50 context; maml-rl: horizon 100, 100x100 (overrides --horizon)",
+        help="paper: horizon 200, 200x200, 50 context; maml-rl: pytorch-maml-rl's batch shape, horizon 100, "
+        "with a 100x100 ReLU net (its own is 64x64 tanh); overrides --horizon",
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -132,6 +138,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     from .ppo_baseline import PPOBaselineRun, PPOSettings
 
+    check_out_path(args.out, "--out", folder=True)
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     config = load_config(args.config, overrides)
     ppo = PPOSettings(total_timesteps=args.timesteps, n_envs=args.n_envs)
@@ -154,6 +161,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import report
 
+    if args.steps < 0:
+        raise ConfigError(f"--steps {args.steps} is out of range; allowed: >= 0")
     for path in report(args.run_dirs, args.out, args.steps, args.x_key):
         print(f"wrote {path}")
     print((Path(args.out) / "results.md").read_text())
@@ -165,6 +174,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.config or args.overrides or args.out:
             raise ConfigError("--resume takes its config from the run; only --iterations may change it")
+        if args.iterations is not None and args.iterations < 0:
+            raise ConfigError(f"--iterations {args.iterations} is out of range; allowed: >= 0")
         trainer = Trainer.resume(args.resume, iterations=args.iterations)
         if trainer.workers.is_main:
             print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
@@ -181,9 +192,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_"
             + datetime.now().strftime("%Y%m%d-%H%M%S")
         )
-        if rank_from_env() == 0 and (Path(out) / "checkpoints").is_dir() and any((Path(out) / "checkpoints").iterdir()):
-            raise ConfigError(f"run directory {out!r} already has checkpoints; use --resume {out} or another --out")
-        trainer = Trainer(config, out)
+        check_out_path(out, "--out", folder=True)
+        trainer = Trainer(config, out)  # train() refuses a directory with checkpoints, on every worker
         if trainer.workers.is_main:
             workers = f" ({trainer.workers.world_size} workers)" if trainer.workers.world_size > 1 else ""
             print(
@@ -194,9 +204,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Never replaces an existing file (above all the run's training-time eval.json) unless
+    ``--overwrite`` says so; every flag is checked before the (possibly long) evaluation."""
     from .runs import load_run
 
-    run = load_run(args.run_dir, args.checkpoint)
     for key in ("tasks", "steps", "episodes"):
         value = getattr(args, key)
         if value is not None and value < (2 if key == "tasks" else 0 if key == "steps" else 1):
@@ -204,8 +215,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 f"--{key} {value} is out of range; allowed: "
                 + {"tasks": ">= 2", "steps": ">= 0", "episodes": ">= 1"}[key]
             )
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed {args.seed} is out of range; allowed: an integer >= 0")
+    if args.inner_lr is not None and not (math.isfinite(args.inner_lr) and args.inner_lr > 0):
+        raise ConfigError(f"--inner-lr {args.inner_lr} is out of range; allowed: a finite number > 0")
+    out = check_out_path(args.out or Path(args.run_dir) / "eval.json", "--out", folder=False)
+    if out.exists() and not args.overwrite:
+        which = "the run's training-time evaluation" if not args.out else "it exists"
+        raise ConfigError(
+            f"{str(out)!r} exists ({which}); give --out FILE for this evaluation, or --overwrite to replace it"
+        )
+    run = load_run(args.run_dir, args.checkpoint)
     result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, result.to_dict())
     print(
         f"{result.env} (adapt={result.adapt}), iteration {result.iteration}, {result.num_tasks} new tasks "
@@ -254,12 +275,33 @@ COMMANDS = {
 }
 
 
+def _one_line_warnings() -> None:
+    """Show caml-rl's own warnings (e.g. stray files ignored in checkpoints/) as one line."""
+    show = warnings.showwarning
+    if getattr(show, "caml_rl", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, RunDirectoryWarning):
+            print(f"caml-rl: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.caml_rl = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         print(f"caml-rl: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a file that cannot be read or written: name it, no traceback
+        where = f" {str(exc.filename)!r}" if exc.filename else ""
+        print(f"caml-rl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("caml-rl: interrupted; resume with `caml-rl train --resume RUN_DIR`", file=sys.stderr)
