@@ -6,20 +6,45 @@ resolved config and every random state, so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "iteration", "config", "policy", "rng")
+CHECKPOINT_NAME = re.compile(r"^iter_(\d{6,})\.pt$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint or run directory is missing or damaged; the message names the file."""
+
+
+class RunDirectoryWarning(UserWarning):
+    """Something in a run directory was ignored (e.g. a stray file in checkpoints/)."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first line for a one-line message, shortened at a word boundary."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return (cut if len(cut) > limit // 2 else text[:limit]) + " ..."
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -28,6 +53,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files get the same mode as progress.csv
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -58,9 +84,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is damaged or not a caml-rl checkpoint ({first[:120]}); "
+            f"checkpoint {str(path)!r} is damaged or not a caml-rl checkpoint ({first_line(exc)}); "
             "delete it to fall back to the previous one"
         ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
@@ -70,19 +95,177 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format {payload['format_version']}; this caml-rl reads {FORMAT_VERSION}"
         )
+    _check_payload(path, payload)
     return payload
+
+
+def _check_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Types and finiteness of what every reader relies on, so a bad file fails here, by name."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {str(path)!r} {what}: not a usable caml-rl checkpoint")
+
+    it = payload["iteration"]
+    if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+        raise bad(f"has iteration={it!r}; expected an integer >= 0")
+    if not isinstance(payload["config"], dict):
+        raise bad("has a config that is not a mapping")
+    if not isinstance(payload["rng"], dict):
+        raise bad("has random-stream state that is not a mapping")
+    policy = payload["policy"]
+    if not isinstance(policy, dict) or not all(isinstance(v, torch.Tensor) for v in policy.values()):
+        raise bad("has policy weights that are not a mapping of tensors")
+    for name, tensor in policy.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise bad(f"has non-finite values in policy weight {name}")
+    for key in ("env_steps", "wall_time"):
+        value = payload.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise bad(f"has {key}={value!r}; expected a finite number >= 0")
 
 
 def checkpoint_path(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"iter_{iteration:06d}.pt"
 
 
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoints/iter_NNNNNN.pt`` files of a run, oldest first (by parsed iteration).
+
+    Only that name counts: anything else (``iter_backup.pt``, a copy) is ignored and listed in a
+    :class:`RunDirectoryWarning`, so a stray file can never stand in for the newest checkpoint.
+    Hidden files (an interrupted atomic write's ``.iter_*.tmp``) are ignored silently.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found, ignored = [], []
+    for p in folder.iterdir():
+        m = CHECKPOINT_NAME.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+        elif not p.name.startswith("."):
+            ignored.append(p.name)
+    if ignored:
+        warnings.warn(
+            f"ignoring {', '.join(sorted(ignored))} in {str(folder)!r} (checkpoints are named iter_NNNNNN.pt)",
+            RunDirectoryWarning,
+            stacklevel=2,
+        )
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint of a run directory (by iteration number)."""
+    """The newest checkpoint of a run directory (by the iteration number in its name)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
-    found = sorted((run_dir / "checkpoints").glob("iter_*.pt"))
+    found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoints/iter_*.pt to load")
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoints/iter_NNNNNN.pt to load")
     return found[-1]
+
+
+# ------------------------------------------------------------------ reading run files
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file, or one line naming it and why it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {exc.strerror or first_line(exc)}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{what} {str(path)!r} is not UTF-8 text") from None
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file (strict: no NaN), or one line naming it."""
+    text = read_text(path, what)
+
+    def no_constants(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except ValueError as exc:
+        raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {first_line(exc)}") from None
+
+
+def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or one line naming it."""
+    text = read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{what} {str(path)!r} is not valid YAML: {first_line(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {str(path)!r} must hold a mapping of keys; it holds a {type(data).__name__}")
+    return data
+
+
+def read_progress(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``progress.csv``; every ``iteration`` cell must be a whole number."""
+    text = read_text(path, "progress file")
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise CheckpointError(f"progress file {str(path)!r} is not valid CSV: {first_line(exc)}") from None
+    for i, row in enumerate(rows, start=2):
+        cell = row.get("iteration")
+        try:
+            ok = cell not in (None, "") and float(cell) == int(float(cell)) and float(cell) >= 0
+        except (ValueError, OverflowError):
+            ok = False
+        if not ok or None in row:
+            raise CheckpointError(
+                f"progress file {str(path)!r} line {i} is not a caml-rl progress row (iteration={cell!r}); "
+                "fix or delete the file"
+            )
+    return rows
+
+
+def write_run_json(run_dir: Path, record: dict[str, Any], resumed_from: int | None = None) -> None:
+    """Write ``run.json``. A resumed run keeps the recorded ``command`` and appends its own
+    (with the iteration it resumed from) to ``resumes``, so the command that started it survives."""
+    import sys
+    from datetime import datetime
+
+    path = Path(run_dir) / "run.json"
+    record = {**record, "command": sys.argv}
+    if resumed_from is not None and path.is_file():
+        old = read_json(path, "run record")
+        old = old if isinstance(old, dict) else {}
+        if "command" in old:
+            record["command"] = old["command"]
+        else:
+            record.pop("command")
+        resumes = old.get("resumes") if isinstance(old.get("resumes"), list) else []
+        now = datetime.now().isoformat(timespec="seconds")
+        record["resumes"] = [*resumes, {"command": sys.argv, "iteration": resumed_from, "time": now}]
+    atomic_write_json(path, record)
+
+
+# ------------------------------------------------------------------ output paths
+def check_out_path(path: str | Path, flag: str, folder: bool) -> Path:
+    """Refuse, in one line, an output path that cannot be written: a folder given where a file
+    goes (or the reverse), a path below a file, or a folder without write permission."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise CheckpointError(f"{flag} {str(path)!r} is {kind}; expected {'a folder' if folder else 'a file'}")
+    parent = path if folder else path.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CheckpointError(f"{flag} {str(path)!r} lies below {str(ancestor)!r}, which is a file")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise CheckpointError(f"{flag} {str(path)!r}: no permission to write in {str(ancestor)!r}")
+            break
+    return path

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import traceback
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -50,9 +52,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the test tasks (default: the run's seed)")
     p.add_argument("--inner-lr", type=float, help="inner step size (default: the run's)")
     p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
-    p.add_argument(
-        "--out", help="where to write the JSON (default: RUN_DIR/eval.json, only if the run has none yet)"
-    )
+    p.add_argument("--out", help="where to write the JSON (default: RUN_DIR/eval.json, only if the run has none yet)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
@@ -260,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baseline(sub)
     add_visualize_command(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
+    for command in sub.choices.values():  # every command may need a user's task distributions
+        command.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first, e.g. the one that registers your task distribution (repeatable; "
+            "also $CAML_RL_IMPORT=mod1,mod2)",
+        )
+        command.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     return parser
 
 
@@ -295,11 +306,19 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     try:
+        if args.imports or os.environ.get("CAML_RL_IMPORT"):
+            from caml_rl.envs import import_user_modules
+
+            import_user_modules(args.imports)
         COMMANDS[args.command](args)
     except USER_ERRORS as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"caml-rl: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:  # a file that cannot be read or written: name it, no traceback
+        if args.debug:
+            traceback.print_exc()
         where = f" {str(exc.filename)!r}" if exc.filename else ""
         print(f"caml-rl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)

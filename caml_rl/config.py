@@ -6,6 +6,8 @@ Every error names the key, the bad value and what is allowed, in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +27,9 @@ class EnvConfig:
     """Registered task distribution (list them with `caml-rl envs`)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Overrides of the task distribution's own settings (ranges, horizon, cost weights)."""
+
+    def validate(self) -> None:
+        _check_plain("env.settings", self.settings)
 
 
 @dataclass
@@ -144,13 +149,14 @@ class Config:
     """torch intra-op threads (0 = leave torch's default)."""
 
     def validate(self) -> None:
-        for sub in (self.policy, self.adaptation, self.trpo, self.evaluation):
+        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.evaluation):
             sub.validate()
         _check("meta_batch_size", self.meta_batch_size, self.meta_batch_size >= 1, ">= 1")
         _check("episodes_per_task", self.episodes_per_task, self.episodes_per_task >= 1, ">= 1")
         _check("iterations", self.iterations, self.iterations >= 0, ">= 0")
         _check("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
-        _check("torch_threads", self.torch_threads, self.torch_threads >= 0, ">= 0")
+        _check("torch_threads", self.torch_threads, 0 <= self.torch_threads <= 4096, "0 to 4096")
+        _check("seed", self.seed, self.seed >= 0, "an integer >= 0")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _check("device", self.device, ok, "auto, cpu, cuda, cuda:N")
 
@@ -163,12 +169,50 @@ def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
         raise ConfigError(f"config key {key}={value!r} is out of range; allowed: {allowed}")
 
 
+def _check_plain(key: str, value: Any) -> None:
+    """Nested settings hold only string keys and finite numbers (a non-finite range or scale
+    would let a run start and never train)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"config key {key} has a non-string key {k!r}; keys are names")
+            _check_plain(f"{key}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(f"{key}[{i}]", v)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key}={value!r} is not a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        raise ConfigError(f"config key {key}={value} is out of range; allowed: integers below 2**63")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+def _as_float(key: str, value: Any) -> float | None:
+    """``value`` as a finite float if it spells one (YAML 1.1 reads ``1e-05`` as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise ConfigError(f"config key {key}={value!r} is not a finite number")
+    return value
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    """Check ``value`` against the annotation ``tp``; ints and float spellings are accepted for
+    floats, which must be finite; ints must fit in 64 bits."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
@@ -184,8 +228,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key}={value!r} has the wrong type; expected a mapping")
         return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        number = _as_float(key, value)
+        if number is not None:
+            return number
+    if tp is int and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        raise ConfigError(f"config key {key}={value} is out of range; allowed: integers below 2**63")
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"config key {key}={value!r} has the wrong type; expected {_type_name(tp)}")
@@ -203,7 +251,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"unknown config key {prefix}{key!s}; allowed in this section: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.")
+            kwargs[key] = from_dict(tp, {} if value is None else value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(f"{prefix}{key}", value, tp)
     return cls(**kwargs)
@@ -215,6 +263,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"--set {item!r} is not key=value (e.g. --set adaptation.inner_lr=0.5)")
         key, raw = item.split("=", 1)
+        if not key.strip() or any(not part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set {item!r} has an empty key; give e.g. --set adaptation.inner_lr=0.5")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -233,17 +283,124 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file (if any), then ``--set`` overrides; validated."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = read_config_file(path)
     data = apply_overrides(data, overrides or [])
     config = from_dict(Config, data)
     config.validate()
     return config
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as nested plain data; any problem is one line naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} is not a file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (a YAML config is)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of config keys at the top level; it holds a "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+def make_distribution(env: EnvConfig) -> Any:
+    """Build ``env``'s task distribution, checking each setting against the distribution's own
+    field types first, so that a bad setting is one line naming it, not a TypeError mid-build."""
+    import typing as _t
+
+    from caml_rl import envs
+
+    settings = dict(env.settings)
+    _check_plain("env.settings", settings)
+    factory = envs.registered().get(env.name)
+    if factory is not None and dataclasses.is_dataclass(factory):
+        try:
+            hints = _t.get_type_hints(factory)
+        except Exception:  # an annotation that cannot be resolved: leave the checks to the env
+            hints = {}
+        for key, value in settings.items():
+            if _simple_type(hints.get(key)):
+                settings[key] = _coerce(f"env.settings.{key}", value, hints[key])
+    try:
+        return envs.make(env.name, **settings)
+    except envs.TaskDistributionError:
+        raise
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"env {env.name!r} rejected its settings ({line}); check env.settings") from None
+
+
+def _simple_type(tp: Any) -> bool:
+    """Annotations ``_coerce`` checks exactly: int, float, bool, str, lists of them, optionals."""
+    if tp in (int, float, bool, str):
+        return True
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return len(args) == 1 and _simple_type(args[0])
+    return typing.get_origin(tp) is list and len(args) == 1 and args[0] in (int, float, bool, str)
+
+
+def memory_estimate(policy: PolicyConfig, obs_dim: int, act_dim: int, horizon: int, tasks: int, episodes: int) -> int:
+    """Rough bytes for one batch of ``tasks x episodes`` episodes of ``horizon`` steps: the episode
+    buffers, the hidden activations kept for the (second-order) meta-gradient, twice (before and
+    after adaptation), plus the weights and the copies TRPO and per-task fast weights make."""
+    sizes = [obs_dim + policy.context_size, *policy.hidden_sizes, act_dim]
+    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    per_step = obs_dim + act_dim + 8 + 3 * sum(policy.hidden_sizes)
+    return 4 * (2 * horizon * tasks * episodes * per_step + (20 + 4 * tasks) * params)
+
+
+def machine_memory(device: Any = "cpu") -> int:
+    """Total memory of ``device`` in bytes (the machine's RAM for the CPU)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
+
+
+def check_memory(
+    policy: PolicyConfig,
+    obs_dim: int,
+    act_dim: int,
+    horizon: int,
+    batch: tuple[int, int],
+    device: Any,
+    what: str,
+    lower: str,
+) -> None:
+    """Refuse a batch that cannot fit in the device's memory before anything is allocated or
+    written; ``what`` names the batch, ``lower`` the keys or flags that shrink it."""
+    tasks, episodes = batch
+    need = memory_estimate(policy, obs_dim, act_dim, horizon, tasks, episodes)
+    have = machine_memory(device)
+    if need > have:
+        raise ConfigError(
+            f"{what} needs about {_gb(need)} (horizon {horizon} x {tasks} tasks x {episodes} episodes, "
+            f"hidden sizes {policy.hidden_sizes}) but {device} has {_gb(have)}; lower {lower}"
+        )
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

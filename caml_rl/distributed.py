@@ -4,6 +4,10 @@ Every rank draws the same meta-batch of tasks from the shared seed stream and ke
 contiguous share; it samples, fits baselines and adapts only those. The meta-gradient, every
 Fisher-vector product and the line search's losses and KLs are averaged over ranks, so all
 ranks take the same TRPO step. Only rank 0 writes logs and checkpoints.
+
+Environment variables are read when a command needs them, never at import, and a bad or
+incomplete launcher environment stops with one line naming the variable instead of waiting
+for workers that will never come.
 """
 
 from __future__ import annotations
@@ -15,11 +19,32 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-TIMEOUT = timedelta(seconds=int(os.environ.get("CAML_RL_DIST_TIMEOUT", "600")))
+from .checkpoint import first_line
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class DistributedError(RuntimeError):
-    """A rank died or a collective timed out; the last checkpoint is intact."""
+    """A rank died, a collective timed out, or the launcher's environment is incomplete or bad."""
+
+
+def env_int(name: str, default: int, minimum: int) -> int:
+    """An integer environment variable, or one line naming it and what is allowed."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise DistributedError(f"environment variable {name}={raw!r} is not allowed; expected an integer >= {minimum}")
+    return value
+
+
+def dist_timeout() -> timedelta:
+    """How long a collective (and joining the workers) may wait: ``CAML_RL_DIST_TIMEOUT`` seconds."""
+    return timedelta(seconds=env_int("CAML_RL_DIST_TIMEOUT", 600, 1))
 
 
 @dataclass
@@ -47,6 +72,14 @@ class Workers:
             dist.broadcast(y, src=0)
             x.data.copy_(y.to(x.device))
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a collective: every rank must call it)."""
+        if self.world_size == 1:
+            return flag
+        y = torch.tensor([float(flag)], device=self.comm_device)
+        dist.all_reduce(y, op=dist.ReduceOp.MAX)
+        return bool(y.item() > 0)
+
     def shard(self, num_tasks: int) -> tuple[int, int]:
         """``(first task, number of tasks)`` of this rank's share of the meta-batch."""
         per_rank = num_tasks // self.world_size
@@ -58,18 +91,46 @@ class Workers:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_int("WORLD_SIZE", 1, 1) > 1
 
 
 def rank_from_env() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank: 0 outside a multi-worker launch, whatever ``RANK`` says."""
+    if not launched_by_torchrun():
+        return 0
+    world = env_int("WORLD_SIZE", 1, 1)
+    rank = env_int("RANK", 0, 0)
+    if rank >= world:
+        raise DistributedError(
+            f"environment variable RANK={rank} is not allowed; expected 0 to WORLD_SIZE-1={world - 1}"
+        )
+    return rank
+
+
+def check_launcher_env() -> None:
+    """Refuse a multi-worker environment that lacks what torchrun sets, instead of waiting for
+    workers that were never started."""
+    missing = [v for v in LAUNCHER_VARIABLES if not os.environ.get(v, "").strip()]
+    if missing:
+        raise DistributedError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training but {', '.join(missing)} "
+            "is not set; start the workers with torchrun (or unset WORLD_SIZE for one process)"
+        )
+    rank_from_env()
+    local_world = env_int("LOCAL_WORLD_SIZE", 1, 1)
+    env_int("MASTER_PORT", 0, 1)
+    if env_int("LOCAL_RANK", 0, 0) >= local_world:
+        raise DistributedError(
+            f"environment variable LOCAL_RANK={os.environ['LOCAL_RANK']} is not allowed; expected 0 to "
+            f"LOCAL_WORLD_SIZE-1={local_world - 1}"
+        )
 
 
 def _pin_to_own_cores() -> None:
     """Give each CPU worker on a machine its own share of the cores, so that the simulator's
     threads (sized from the affinity mask) and torch's do not oversubscribe them."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_rank = env_int("LOCAL_RANK", 0, 0)
+    local_world = env_int("LOCAL_WORLD_SIZE", 1, 1)
     if local_world < 2 or not hasattr(os, "sched_getaffinity"):
         return
     cores = sorted(os.sched_getaffinity(0))
@@ -85,12 +146,22 @@ def init_workers(device: torch.device) -> tuple[Workers, torch.device]:
     workers and this rank's device (``cuda:LOCAL_RANK`` for GPU runs)."""
     if not launched_by_torchrun():
         return Workers(comm_device=device), device
+    check_launcher_env()
+    timeout = dist_timeout()
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", env_int("LOCAL_RANK", 0, 0))
         torch.cuda.set_device(device)
     else:
         _pin_to_own_cores()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        try:
+            dist.init_process_group(backend, timeout=timeout)
+        except (RuntimeError, ValueError, OSError) as exc:
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            line = first_line(exc, 100)
+            raise DistributedError(
+                f"could not join the {os.environ['WORLD_SIZE']} workers at {where} within "
+                f"{int(timeout.total_seconds())} s (CAML_RL_DIST_TIMEOUT) ({line}); were they all started by torchrun?"
+            ) from None
     return Workers(dist.get_rank(), dist.get_world_size(), device), device

@@ -101,6 +101,8 @@ def evaluate(
     iteration: int = 0,
 ) -> EvalResult:
     """Mean return over ``num_tasks`` fresh tasks after 0..``steps`` inner steps."""
+    if not (math.isfinite(inner_lr) and inner_lr > 0):  # a NaN step would give a NaN table, not an error
+        raise ValueError(f"evaluation inner_lr={inner_lr!r} is out of range; allowed: a finite number > 0")
     streams = make_streams(seed, EVAL_STREAM, device)
     tasks = distribution.sample_tasks(streams.tasks, num_tasks)
     sampler = Sampler(distribution, num_tasks, episodes, torch.device(device))

@@ -12,12 +12,23 @@ The PPO actor has the config's policy architecture, so after training it is copi
 :class:`ContextMLPPolicy` (context size 0) and saved as a caml-rl checkpoint: ``caml-rl evaluate``,
 ``report`` and ``visualize`` then treat the baseline exactly like a meta-trained run. Training
 resumes from ``RUN_DIR/ppo_model.zip`` when interrupted.
+
+``ppo_model.zip`` is SB3's own format (``PPO.load`` reads it), but caml-rl never calls
+``PPO.load``, which unpickles the zip's ``data`` part and so runs whatever a crafted file holds:
+it rebuilds the model from its own settings and loads only the weights and optimizer state with
+``torch.load(weights_only=True)`` and the step counters from the JSON part. As with ``train``, a
+new run directory is written only after the first rollout succeeded, and a directory holding
+anything but a PPO baseline run is refused.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +42,25 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from caml_rl import envs
 
-from .checkpoint import CheckpointError, atomic_write_json, atomic_write_text, checkpoint_path, save_checkpoint
-from .config import Config, ConfigError
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_path,
+    first_line,
+    list_checkpoints,
+    read_json,
+    read_progress,
+    read_yaml_mapping,
+    save_checkpoint,
+    write_run_json,
+)
+from .config import Config, ConfigError, check_memory, from_dict, make_distribution
 from .evaluation import EvalResult
 from .logging import ResumableCSVOutputFormat
 from .policies import ACTIVATIONS, ContextMLPPolicy, make_policy
 from .runs import load_run
-from .trainer import library_versions
+from .trainer import _flatten, library_versions, space_dims
 
 MODEL_FILE = "ppo_model.zip"
 
@@ -63,8 +86,62 @@ class PPOSettings:
     def validate(self) -> None:
         for key in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "save_every"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
                 raise ConfigError(f"PPO setting {key}={value!r} is out of range; allowed: an integer >= 1")
+        for key, low, high in (("learning_rate", 0, math.inf), ("gamma", 0, 1), ("gae_lambda", 0, 1)):
+            value = getattr(self, key)
+            ok = isinstance(value, int | float) and math.isfinite(value) and low < value <= high
+            if not ok or isinstance(value, bool):
+                raise ConfigError(f"PPO setting {key}={value!r} is out of range; allowed: a number in ({low}, {high}]")
+
+
+# settings that must match the ones a resumed ppo_model.zip was trained with (SB3 keeps them in ``data``)
+RESUME_KEYS = ("n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda")
+
+
+def load_ppo_zip(path: Path, model: PPO, ppo: PPOSettings) -> None:
+    """Load SB3's ``ppo_model.zip`` into ``model`` (built from our own settings) without
+    unpickling anything: weights and optimizer state with ``weights_only=True``, the step counters
+    from the JSON ``data`` part, whose pickled (``:serialized:``) entries are never decoded."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"PPO model {str(path)!r} {why}; delete it to restart the baseline")
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            missing = sorted({"data", "policy.pth"} - names)
+            if missing:
+                raise bad(f"lacks {', '.join(missing)}: not an SB3 PPO model")
+            data = json.loads(z.read("data").decode("utf-8"))
+            weights = torch.load(io.BytesIO(z.read("policy.pth")), map_location="cpu", weights_only=True)
+            optimizer = None
+            if "policy.optimizer.pth" in names:
+                blob = z.read("policy.optimizer.pth")
+                optimizer = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # zipfile, json and torch raise many kinds for damaged or crafted files
+        raise bad(f"is damaged or not a PPO model ({first_line(exc, 100)})") from None
+    steps = data.get("num_timesteps") if isinstance(data, dict) else None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise bad("has no valid num_timesteps in its data part")
+    for key in RESUME_KEYS:
+        if key in data and isinstance(data[key], int | float) and data[key] != getattr(ppo, key):
+            raise bad(f"was trained with {key}={data[key]!r}, not {getattr(ppo, key)!r}; resume with the same settings")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise bad("holds policy weights that are not a mapping of tensors")
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        raise bad("holds non-finite policy weights")
+    try:
+        model.policy.load_state_dict(weights)
+        if optimizer is not None:
+            model.policy.optimizer.load_state_dict(optimizer)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise bad(f"does not fit this config's policy ({first_line(exc, 100)})") from None
+    model.num_timesteps = steps
+    updates = data.get("_n_updates", 0)
+    model._n_updates = updates if isinstance(updates, int) and not isinstance(updates, bool) else 0
 
 
 def baseline_config(config: Config, oracle: bool) -> Config:
@@ -108,6 +185,7 @@ class _Checkpointer(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         run = self.run
+        run.start_files()  # the first rollout worked: now the run's files may be written
         self.logger.record("iteration", run.iteration)
         self.logger.record("time/env_steps", self.model.num_timesteps)
         self.logger.record("time/total_seconds", run.wall_time())
@@ -125,28 +203,77 @@ class PPOBaselineRun:
         self.config, self.ppo = baseline_config(config, oracle), ppo
         self.oracle = self.config.env.name == "task_in_observation"
         self.run_dir = Path(run_dir)
-        self.distribution = envs.make(self.config.env.name, **self.config.env.settings)
+        self.distribution = make_distribution(self.config.env)
         self.config.env.settings = self.distribution.settings()
+        obs_dim, act_dim = space_dims(self.distribution)
+        policy, horizon = self.config.policy, self.distribution.horizon
+        check_memory(policy, obs_dim, act_dim, ppo.n_steps, (ppo.n_envs, 1), "cpu", "a PPO rollout", "--n-envs")
+        batch = (self.config.evaluation.tasks, self.config.evaluation.episodes)
+        check_memory(policy, obs_dim, act_dim, horizon, batch, "cpu", "the evaluation", "evaluation.tasks or episodes")
+        self.resumed = self.check_run_dir()
         self._wall0, self._t0 = 0.0, time.perf_counter()
+        self._started = False
         self.model = self._load_or_create()
+        self._resumed_from = self.iteration if self.resumed else None
+
+    def check_run_dir(self) -> bool:
+        """Whether this continues a baseline run. Refuses a directory that holds another kind of
+        run, or a baseline whose recorded config (config.yaml) differs from this one."""
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise CheckpointError(f"--out {str(d)!r} is a file; expected a folder")
+        if not (d / MODEL_FILE).exists():
+            if list_checkpoints(d):
+                raise ConfigError(
+                    f"run directory {str(d)!r} already holds a run (checkpoints/ without {MODEL_FILE}); "
+                    "give the baseline another --out"
+                )
+            return False
+        if (d / "run.json").exists():
+            record = read_json(d / "run.json", "run record")
+            if not isinstance(record, dict) or "baseline" not in record:
+                raise ConfigError(
+                    f"run directory {str(d)!r} is not a PPO baseline run (its run.json names no baseline); "
+                    "give the baseline another --out"
+                )
+        if (d / "config.yaml").exists():
+            try:
+                recorded = _flatten(from_dict(Config, read_yaml_mapping(d / "config.yaml", "run config")).to_dict())
+            except ConfigError as exc:
+                raise CheckpointError(f"run config {str(d / 'config.yaml')!r} is damaged: {exc}") from None
+            mine = _flatten(self.config.to_dict())
+            for key in sorted(mine.keys() | recorded.keys()):
+                a, b = mine.get(key, "<absent>"), recorded.get(key, "<absent>")
+                if key != "iterations" and a != b:
+                    raise ConfigError(
+                        f"baseline run {str(d)!r} was trained with {key}={b!r}, this command asks for {a!r}; "
+                        "resume with the same config and flags (--oracle too), or give another --out"
+                    )
+        if (d / "progress.csv").exists():
+            read_progress(d / "progress.csv")
+        return True
 
     def _make_env(self):
         dist = self.distribution
         return make_vec_env(lambda: envs.SingleTaskEnv(dist), n_envs=self.ppo.n_envs, seed=self.config.seed)
 
     def _load_or_create(self) -> PPO:
+        """A PPO model built from this run's settings; resumed runs then load their weights safely."""
         path = self.run_dir / MODEL_FILE
-        if path.is_file():
-            try:
-                model = PPO.load(path, env=self._make_env(), device="cpu")
-            except Exception as exc:  # SB3 raises many kinds for damaged or foreign files
-                raise CheckpointError(
-                    f"PPO model {str(path)!r} is damaged or does not fit this config ({type(exc).__name__}); "
-                    "delete it to restart the baseline"
-                ) from None
+        model = self._create()
+        if path.exists():
+            if not path.is_file():
+                raise CheckpointError(f"PPO model {str(path)!r} is not a file; delete it to restart the baseline")
+            load_ppo_zip(path, model, self.ppo)
             state = self.run_dir / "ppo_state.yaml"
-            self._wall0 = float(yaml.safe_load(state.read_text())["wall_time"]) if state.is_file() else 0.0
-            return model
+            if state.is_file():
+                wall = read_yaml_mapping(state, "PPO state").get("wall_time", 0.0)
+                if isinstance(wall, bool) or not isinstance(wall, int | float) or not math.isfinite(wall) or wall < 0:
+                    raise CheckpointError(f"PPO state {str(state)!r} has wall_time={wall!r}; expected a number >= 0")
+                self._wall0 = float(wall)
+        return model
+
+    def _create(self) -> PPO:
         act, hidden = ACTIVATIONS[self.config.policy.activation], list(self.config.policy.hidden_sizes)
         return PPO(
             "MlpPolicy",
@@ -172,7 +299,7 @@ class PPOBaselineRun:
 
     def save(self) -> Path:
         """The SB3 model (resume point) and the actor as a caml-rl checkpoint, both atomically."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start_files()
         tmp = self.run_dir / f".{MODEL_FILE}.tmp.zip"
         self.model.save(tmp)
         os.replace(tmp, self.run_dir / MODEL_FILE)
@@ -205,15 +332,22 @@ class PPOBaselineRun:
             "ppo": vars(self.ppo),
             "versions": library_versions(),
         }
-        atomic_write_json(self.run_dir / "run.json", record)
+        write_run_json(self.run_dir, record, self._resumed_from)
 
-    def train(self, evaluate_at_end: bool = True, verbose: bool = True) -> EvalResult | None:
+    def start_files(self) -> None:
+        """Write the run record and attach progress.csv and tb/ to the logger, once: after the
+        first rollout (or at the first save), so a run that fails before leaves no files."""
+        if self._started:
+            return
+        self._started = True
         self.write_run_record()
-        outputs = [
-            ResumableCSVOutputFormat(str(self.run_dir / "progress.csv"), keep_until=self.iteration),
+        self.model.logger.output_formats += [
+            ResumableCSVOutputFormat(str(self.run_dir / "progress.csv"), keep_until=self._resumed_from),
             TensorBoardOutputFormat(str(self.run_dir / "tb")),
         ]
-        self.model.set_logger(Logger(str(self.run_dir), outputs))
+
+    def train(self, evaluate_at_end: bool = True, verbose: bool = True) -> EvalResult | None:
+        self.model.set_logger(Logger(None, []))  # outputs are attached by start_files()
         remaining = self.ppo.total_timesteps - self.model.num_timesteps
         if remaining > 0:
             if verbose:

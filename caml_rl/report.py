@@ -6,16 +6,15 @@ pools the test tasks of every seed (tasks x seeds samples).
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .checkpoint import CheckpointError, atomic_write_text
+from .checkpoint import CheckpointError, atomic_write_text, check_out_path, read_json, read_progress, read_yaml_mapping
 from .config import ConfigError
 from .evaluation import mean_ci95
 
@@ -42,17 +41,50 @@ def collect(run_dirs: list[str | Path]) -> list[RunGroup]:
             raise CheckpointError(
                 f"run directory {str(d)!r} has no eval.json (train to the end or `caml-rl evaluate` it)"
             )
+        evaluation = read_eval(eval_path)
+        progress = d / "progress.csv"
+        rows = read_progress(progress) if progress.is_file() else []
         g = groups.setdefault(group_label(d), RunGroup(group_label(d)))
         g.runs.append(d)
-        g.evals.append(json.loads(eval_path.read_text()))
-        progress = d / "progress.csv"
-        g.progress.append(list(csv.DictReader(progress.open())) if progress.is_file() else [])
+        g.evals.append(evaluation)
+        g.progress.append(rows)
     return list(groups.values())
+
+
+def read_eval(path: Path) -> dict:
+    """An eval.json with the fields the report uses, or one line naming the file and the field."""
+    data = read_json(path, "evaluation")
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"evaluation {str(path)!r} {what}; re-run `caml-rl evaluate` to replace it")
+
+    if not isinstance(data, dict):
+        raise bad("is not a JSON object")
+    for key, kind in (("env", str), ("adapt", str), ("iteration", int), ("num_tasks", int)):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise bad(f"has {key}={data.get(key)!r}; expected {kind.__name__}")
+    returns = data.get("task_returns")
+    if not isinstance(returns, list) or not all(isinstance(r, list) for r in returns):
+        raise bad("has no task_returns list of per-step lists")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for r in returns for x in r):
+        raise bad("has task_returns that are not finite numbers")
+    return data
 
 
 def _row_at(progress: list[dict], iteration: int) -> dict:
     """The progress row of the evaluated iteration (a run may have trained past its evaluated checkpoint)."""
     return next((r for r in progress if r.get("iteration") and int(float(r["iteration"])) == iteration), progress[-1])
+
+
+def _col(rows: list[dict], key: str) -> list[float]:
+    """A numeric progress column; a missing or non-numeric cell counts as NaN (shown as nan)."""
+    out = []
+    for r in rows:
+        try:
+            out.append(float(r.get(key) or "nan"))
+        except ValueError:
+            out.append(float("nan"))
+    return out
 
 
 def group_row(g: RunGroup, steps: int) -> dict:
@@ -68,8 +100,8 @@ def group_row(g: RunGroup, steps: int) -> dict:
         "seeds": len(g.runs),
         "tasks": sum(e["num_tasks"] for e in g.evals),
         "iterations": sorted({e["iteration"] for e in g.evals}),
-        "env_steps": float(np.mean([float(r["time/env_steps"]) for r in last])) if last else float("nan"),
-        "wall_hours": float(np.mean([float(r["time/total_seconds"]) for r in last])) / 3600 if last else float("nan"),
+        "env_steps": float(np.mean(_col(last, "time/env_steps"))) if last else float("nan"),
+        "wall_hours": float(np.mean(_col(last, "time/total_seconds"))) / 3600 if last else float("nan"),
         "returns": [m for m, _ in per_step],
         "ci95": [c for _, c in per_step],
     }
@@ -106,7 +138,7 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for g in groups:
         meta = [p for p in g.progress if p and "return/after_adaptation" in p[0]]  # baselines have no such curve
-        curves = [np.array([float(r["return/after_adaptation"]) for r in p]) for p in meta]
+        curves = [np.array(_col(p, "return/after_adaptation")) for p in meta]
         if not curves:
             continue
         n = min(map(len, curves))
@@ -115,7 +147,7 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
         ax.plot(it, stack.mean(0), label=f"{g.label} (after 1 step, {len(curves)} seed(s))")
         if len(curves) > 1:
             ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.2)
-        pre = np.stack([np.array([float(r["return/before_adaptation"]) for r in p])[:n] for p in meta])
+        pre = np.stack([np.array(_col(p, "return/before_adaptation"))[:n] for p in meta])
         ax.plot(it, pre.mean(0), linestyle=":", color=ax.lines[-1].get_color(), label=f"{g.label} (before)")
     ax.set(xlabel="meta-iteration", ylabel="mean episode return", title="Learning curves (training tasks)")
     ax.grid(alpha=0.3)
@@ -147,11 +179,13 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
 
 def config_value(run_dir: Path, key: str) -> float:
     """A (dotted) key of a run's resolved config, e.g. ``adaptation.inner_lr``."""
-    node = yaml.safe_load((run_dir / "config.yaml").read_text())
+    node = read_yaml_mapping(run_dir / "config.yaml", "run config")
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(f"--x {key!r}: run {str(run_dir)!r} has no such config key")
         node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int | float) or not math.isfinite(node):
+        raise ConfigError(f"--x {key!r}: run {str(run_dir)!r} has {key}={node!r}, not a finite number to plot against")
     return float(node)
 
 
@@ -185,10 +219,15 @@ def plot_sensitivity(groups: list[RunGroup], rows: list[dict], key: str, out: Pa
 def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3, x_key: str | None = None) -> list[Path]:
     """Write ``results.md`` (+ ``results.json``), learning curves and adaptation curves to ``out``;
     with ``x_key`` also the one-step return against that config value."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"--steps {steps!r} is out of range; allowed: >= 0")
+    out = check_out_path(out, "--out", folder=True)
     groups = collect(run_dirs)
     rows = [group_row(g, steps) for g in groups]
+    if x_key:
+        for g in groups:  # every run must have the key before anything is written
+            config_value(g.runs[0], x_key)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.md", markdown_table(rows, steps))
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     paths = [out / "results.md", out / "results.json", *plot_curves(groups, rows, out)]

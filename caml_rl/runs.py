@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from caml_rl import envs
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .config import Config, from_dict
+from .config import Config, ConfigError, check_memory, from_dict, make_distribution
 from .evaluation import EvalResult, adaptation_steps, evaluate
 from .partition import FastWeights, policy_forward, resolve_partition
-from .policies import ContextMLPPolicy, make_policy
+from .policies import ContextMLPPolicy, clip_bounds, make_policy
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams
 
@@ -37,18 +39,41 @@ class LoadedRun:
         seed: int | None = None,
         inner_lr: float | None = None,
     ) -> EvalResult:
+        """Return after 0..``steps`` inner steps on fresh tasks; ``None`` takes the run's config
+        value, anything else is checked (a zero or non-finite value is an error, never a default)."""
+        from .trainer import space_dims
+
         e, a = self.config.evaluation, self.config.adaptation
+        tasks = e.tasks if tasks is None else tasks
+        steps = e.steps if steps is None else steps
+        episodes = e.episodes if episodes is None else episodes
+        seed = self.config.seed if seed is None else seed
+        inner_lr = (e.inner_lr or a.inner_lr) if inner_lr is None else inner_lr
+        for name, value, ok, allowed in (
+            ("tasks", tasks, isinstance(tasks, int) and tasks >= 2, ">= 2"),
+            ("steps", steps, isinstance(steps, int) and steps >= 0, ">= 0"),
+            ("episodes", episodes, isinstance(episodes, int) and episodes >= 1, ">= 1"),
+            ("seed", seed, isinstance(seed, int) and 0 <= seed < 2**63, "an integer >= 0"),
+            ("inner_lr", inner_lr, math.isfinite(float(inner_lr)) and inner_lr > 0, "a finite number > 0"),
+        ):
+            if not ok or isinstance(value, bool):
+                raise ConfigError(f"evaluate {name}={value!r} is out of range; allowed: {allowed}")
+        obs_dim, act_dim = space_dims(self.distribution)
+        check_memory(
+            self.config.policy, obs_dim, act_dim, self.distribution.horizon, (tasks, episodes), "cpu",
+            "this evaluation", "--tasks or --episodes",
+        )  # fmt: skip
         return evaluate(
             self.policy,
             self.distribution,
             self.partition,
-            num_tasks=tasks or e.tasks,
-            steps=e.steps if steps is None else steps,
-            episodes=episodes or e.episodes,
-            inner_lr=inner_lr or e.inner_lr or a.inner_lr,
+            num_tasks=tasks,
+            steps=steps,
+            episodes=episodes,
+            inner_lr=inner_lr,
             gamma=a.gamma,
             gae_lambda=a.gae_lambda,
-            seed=self.config.seed if seed is None else seed,
+            seed=seed,
             env_name=self.config.env.name,
             adapt_name=a.partition,
             iteration=self.iteration,
@@ -73,15 +98,28 @@ class LoadedRun:
                 returns.append(float(ep.task_returns()[0]))
         finally:
             sampler.close()
-        return AdaptedPolicy(self.policy, fast, task_row[0], returns)
+        return AdaptedPolicy(self.policy, fast, task_row[0], returns, self.distribution.action_space)
 
 
 class AdaptedPolicy:
-    """A policy adapted to one task; ``predict`` follows Stable-Baselines3's contract."""
+    """A policy adapted to one task; ``predict`` follows Stable-Baselines3's contract.
 
-    def __init__(self, policy: ContextMLPPolicy, fast: FastWeights, task: np.ndarray, returns: list[float]):
+    Given the task distribution's ``action_space``, Box actions are clipped to its bounds, as
+    SB3's ``predict`` does and as the sampler does in training and evaluation.
+    """
+
+    def __init__(
+        self,
+        policy: ContextMLPPolicy,
+        fast: FastWeights,
+        task: np.ndarray,
+        returns: list[float],
+        action_space: gym.spaces.Space | None = None,
+    ):
         self.policy, self.fast, self.task = policy, fast, task
         self.returns_during_adaptation = returns
+        self.action_space = action_space
+        self._bounds = None if action_space is None else clip_bounds(action_space)
 
     @property
     def context(self) -> torch.Tensor | None:
@@ -100,6 +138,8 @@ class AdaptedPolicy:
         else:
             action = self.policy.distribution(params).sample()
         action = action[0, 0].cpu().numpy()
+        if self._bounds is not None:
+            action = np.clip(action, *self._bounds)
         return (action[0] if single else action), None
 
 
@@ -107,8 +147,12 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loade
     """Load a run directory's newest checkpoint (or the given one) on the CPU."""
     path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir))
     payload = load_checkpoint(path)
-    config = from_dict(Config, payload["config"])
-    dist = envs.make(config.env.name, **config.env.settings)
+    try:
+        config = from_dict(Config, payload["config"])
+        config.validate()
+        dist = make_distribution(config.env)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
     policy = make_policy(config.policy, dist.observation_space, dist.action_space)
     try:
         policy.load_state_dict(payload["policy"])

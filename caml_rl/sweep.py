@@ -14,9 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_yaml_mapping
 from .config import ConfigError, load_config
 
 
@@ -31,30 +29,67 @@ class SuiteRun:
     overrides: list[str] = field(default_factory=list)
 
 
+def _suite_list(path: Path, where: str, value: object, item: type, what: str) -> list:
+    """A list of ``item`` (a YAML string where a list belongs would be read a character at a time)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"suite {str(path)!r} {where} must be a list of {what}; got {value!r}")
+    return value
+
+
 def load_suite(path: str | Path) -> tuple[Path, list[SuiteRun]]:
-    """Read a suite; ``seeds: [0, 1, 2]`` on an entry expands it to ``NAME_seedN`` runs."""
+    """Read a suite; ``seeds: [0, 1, 2]`` on an entry expands it to ``NAME_seedN`` runs. Every
+    run directory must lie inside ``out_root`` and be named once."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"suite file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_mapping(path, "suite file")
     unknown = set(data) - {"out_root", "runs"}
     if unknown:
-        raise ConfigError(f"unknown suite key {sorted(unknown)[0]!r} in {path}; allowed: out_root, runs")
-    root = Path(data.get("out_root", "experiments/results"))
+        raise ConfigError(
+            f"unknown suite key {sorted(unknown, key=str)[0]!r} in {str(path)!r}; allowed: out_root, runs"
+        )
+    out_root = data.get("out_root", "experiments/results")
+    if not isinstance(out_root, str) or not out_root.strip():
+        raise ConfigError(f"suite {str(path)!r} out_root must be a folder name; got {out_root!r}")
+    root = Path(out_root)
     runs: list[SuiteRun] = []
-    for i, entry in enumerate(data.get("runs") or []):
+    for i, entry in enumerate(_suite_list(path, "runs", data.get("runs"), dict, "mappings (name, config, ...)")):
         bad = set(entry) - {"name", "config", "set", "seeds"}
         if bad or "name" not in entry or "config" not in entry:
             raise ConfigError(
-                f"suite {path} run #{i}: needs name and config; optional set, seeds (got {sorted(entry)})"
+                f"suite {str(path)!r} run #{i}: needs name and config; optional set, seeds "
+                f"(got {sorted(entry, key=str)})"
             )
+        for key in ("name", "config"):
+            if not isinstance(entry[key], str) or not entry[key].strip():
+                raise ConfigError(f"suite {str(path)!r} run #{i}: {key} must be a non-empty string; got {entry[key]!r}")
+        _check_run_name(path, i, root, entry["name"])
+        sets = _suite_list(path, f"run {entry['name']!r} set", entry.get("set"), str, "KEY=VALUE strings")
         seeds = entry.get("seeds")
+        if seeds is not None:
+            seeds = _suite_list(path, f"run {entry['name']!r} seeds", seeds, int, "integers >= 0")
+            if any(s < 0 for s in seeds):
+                raise ConfigError(f"suite {str(path)!r} run {entry['name']!r} seeds must be integers >= 0; got {seeds}")
         for seed in seeds if seeds is not None else [None]:
             name = entry["name"] if seed is None else f"{entry['name']}_seed{seed}"
-            overrides = list(entry.get("set") or []) + ([] if seed is None else [f"seed={seed}"])
-            load_config(entry["config"], overrides)  # fail now, not an hour in
+            overrides = list(sets) + ([] if seed is None else [f"seed={seed}"])
+            try:
+                load_config(entry["config"], overrides)  # fail now, not an hour in
+            except ConfigError as exc:
+                raise ConfigError(f"suite {str(path)!r} run {name!r}: {exc}") from None
+            if any(r.name == name for r in runs):
+                raise ConfigError(f"suite {str(path)!r} names run {name!r} twice; each run needs its own directory")
             runs.append(SuiteRun(name, entry["config"], overrides))
     return root, runs
+
+
+def _check_run_name(path: Path, i: int, root: Path, name: str) -> None:
+    """A run's directory is ``out_root/name`` and must stay inside ``out_root``."""
+    inside = Path(name).parts and not Path(name).is_absolute() and ".." not in Path(name).parts
+    if not inside or not (root / name).resolve().is_relative_to(root.resolve()):
+        raise ConfigError(
+            f"suite {str(path)!r} run #{i} name {name!r} leaves out_root; use a relative path without '..'"
+        )
 
 
 def run_status(run_dir: Path, iterations: int) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import importlib
 import importlib.util
 import math
@@ -29,7 +28,7 @@ import torch
 
 from caml_rl.envs.base import BatchedEnv
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, check_out_path, read_progress, read_yaml_mapping
 from .episodes import Episodes
 from .evaluation import adaptation_steps
 from .partition import FastWeights
@@ -204,8 +203,7 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max
     path = run_dir / "progress.csv"
     if not path.is_file():
         raise CheckpointError(f"run directory {str(run_dir)!r} has no progress.csv to plot")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_progress(path)  # a damaged file is one line naming it
     if not rows:
         raise CheckpointError(f"{str(path)!r} has no rows yet")
     col = lambda key: np.array([_float(r.get(key)) for r in rows])  # noqa: E731
@@ -213,9 +211,7 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max
     it = np.where(np.isfinite(it), it, np.arange(1, len(rows) + 1))
     if max_kl is None:
         try:
-            import yaml
-
-            max_kl = float(yaml.safe_load((run_dir / "config.yaml").read_text())["trpo"]["max_kl"])
+            max_kl = float(read_yaml_mapping(run_dir / "config.yaml", "run config")["trpo"]["max_kl"])
         except Exception:  # no or odd config: draw no line
             max_kl = None
     fig = _figure(9, 9.5)
@@ -706,6 +702,10 @@ def cmd_visualize(args: argparse.Namespace) -> list[Path]:
     bad = [s for s in args.steps if not 0 <= s <= 50]
     if bad:
         raise ValueError(f"--steps {bad[0]} is out of range; allowed: integers from 0 to 50")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed {args.seed} is out of range; allowed: an integer >= 0")
+    if args.out:
+        check_out_path(args.out, "--out", folder=True)
     run = load_run(args.run_dir, args.checkpoint)
     task = parse_task(args.task, run.distribution.task_names, run.config.env.name) if args.task else None
     paths = visualize(

@@ -48,8 +48,11 @@ def test_train_evaluate_resume(tmp_path, capsys):
     assert (out / "progress.csv").is_file() and (out / "config.yaml").is_file()
     main(["train", "--resume", str(out), "--iterations", "3", "--no-eval"])
     assert "iter    3/3" in capsys.readouterr().out
-    main(["evaluate", str(out), "--tasks", "3", "--steps", "2", "--episodes", "2", "--seed", "5"])
-    result = json.loads((out / "eval.json").read_text())
+    training_eval = (out / "eval.json").read_bytes()
+    flags = ["--tasks", "3", "--steps", "2", "--episodes", "2", "--seed", "5"]
+    main(["evaluate", str(out), *flags, "--out", str(out / "eval_seed5.json")])
+    assert (out / "eval.json").read_bytes() == training_eval  # the training-time evaluation is kept
+    result = json.loads((out / "eval_seed5.json").read_text())
     assert len(result["returns"]) == 3 and len(result["ci95"]) == 3
     assert result["num_tasks"] == 3 and result["episodes_per_task"] == 2
     assert result["adapt"] == "context" and result["iteration"] == 3 and result["env"] == "navigation2d"
