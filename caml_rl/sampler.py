@@ -1,7 +1,10 @@
 """Runs a policy in one batched env: every task's episodes in one vectorised pass.
 
 One policy forward per time step for the whole ``tasks x episodes`` batch; the env steps on
-its own device (pure-torch envs on the policy's device, MuJoCo on CPU threads).
+its own device (pure-torch envs on the policy's device, MuJoCo on CPU threads). Box actions are
+clipped to the action space before ``step`` (the episodes keep the unclipped sample, whose
+log-probability the gradients use), and every reset and step is checked against the contract
+(:class:`caml_rl.envs.validation.StepChecker`).
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from caml_rl.envs.base import BatchedEnv, TaskDistribution
+from caml_rl.envs.base import BatchedEnv, TaskDistribution, TaskDistributionError
+from caml_rl.envs.validation import StepChecker
 
 from .episodes import Episodes
 from .partition import FastWeights, policy_forward
-from .policies import ContextMLPPolicy
+from .policies import ContextMLPPolicy, action_clipper
 
 
 class Sampler:
@@ -35,6 +39,8 @@ class Sampler:
         self.shard = shard
         self.device = torch.device(device)
         self.env: BatchedEnv = distribution.make_vec_env(num_tasks * episodes_per_task, self.device)
+        self.clip = action_clipper(distribution.action_space, self.device)
+        self.check = StepChecker(distribution, self.env, num_tasks * episodes_per_task, eager=False)
 
     def sample(
         self,
@@ -72,13 +78,17 @@ class Sampler:
         if tasks.shape[0] != n_t:
             raise ValueError(f"sampler built for {n_t} tasks, got {tasks.shape[0]}")
         fast = {k: v.detach() for k, v in fast.items()}
-        obs = self.env.reset(np.repeat(tasks, n_e, axis=0), rng).to(self.device)
+        check = self.check
+        check.env = self.env  # the env may have been wrapped since (e.g. by visualize's recorder)
+        first = self.shard[0] if self.shard is not None else 0
+        obs = check.reset(np.repeat(tasks, n_e, axis=0), rng, episodes_per_task=n_e, first_task=first).to(self.device)
         obs_buf = torch.zeros(horizon, n_t, n_e, obs.shape[-1], device=self.device)
         act_buf: torch.Tensor | None = None
         rew_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
         mask_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
         alive = torch.ones(n_t, n_e, dtype=torch.bool, device=self.device)
         succeeded = torch.zeros(n_t, n_e, dtype=torch.bool, device=self.device)
+        t = -1
         for t in range(horizon):
             obs = obs.view(1, n_t, n_e, -1)
             params = policy_forward(policy, obs, fast)
@@ -92,7 +102,11 @@ class Sampler:
             obs_buf[t] = obs[0] * alive_f[..., None]
             act_buf[t] = action[0] * (alive_f[..., None] if action.dim() == 4 else alive)
             mask_buf[t] = alive_f
-            next_obs, reward, terminated = self.env.step(action.reshape(n_t * n_e, *action.shape[3:]))
+            try:
+                next_obs, reward, terminated = check.step(t, self.clip(action.reshape(n_t * n_e, *action.shape[3:])))
+            except TaskDistributionError:  # a non-finite value fed back to the env is the real culprit
+                check.check_rollout(obs_buf[: t + 1], rew_buf[:t], None)
+                raise
             rew_buf[t] = reward.to(self.device).view(n_t, n_e) * alive_f
             if self.env.success is not None:
                 succeeded |= self.env.success.to(self.device).view(n_t, n_e) & alive
@@ -100,6 +114,7 @@ class Sampler:
             obs = next_obs.to(self.device)
             if self.device.type == "cpu" and not alive.any():  # on a GPU this check would sync every step
                 break
+        check.check_rollout(obs_buf[: t + 1], rew_buf[: t + 1], obs)  # finiteness of every step, read once
         return Episodes(obs_buf, act_buf, rew_buf, mask_buf, succeeded if self.env.success is not None else None)
 
     def _noise(self, policy: ContextMLPPolicy, params: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:

@@ -11,7 +11,17 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
 
 import gymnasium as gym  # noqa: E402
 
-from .base import BatchedEnv, SingleTaskEnv, TaskDistribution, TaskDistributionError, make, register, registered
+from .base import (
+    BatchedEnv,
+    EnvFault,
+    SingleTaskEnv,
+    TaskDistribution,
+    TaskDistributionError,
+    import_user_modules,
+    make,
+    register,
+    registered,
+)
 from .gym_adapter import GymTaskDistribution
 from .locomotion_registry import register_all
 from .metaworld import register_metaworld
@@ -37,12 +47,14 @@ if "caml/Navigation2D-v0" not in gym.registry:
 
 __all__ = [
     "BatchedEnv",
+    "EnvFault",
     "GymTaskDistribution",
     "Navigation2D",
     "SingleTaskEnv",
     "TaskDistribution",
     "TaskDistributionError",
     "TaskInObservation",
+    "import_user_modules",
     "make",
     "register",
     "registered",

@@ -9,6 +9,9 @@ meta-iteration. Everything the sampler sees is a torch tensor on the env's devic
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -20,6 +23,60 @@ import torch
 
 class TaskDistributionError(ValueError):
     """A task distribution or a user's env broke the contract; the message says how."""
+
+
+class EnvFault(TaskDistributionError):
+    """A fault of one env at one step: a contract breach, or an exception raised by the user's code.
+
+    One line naming the env, the step, the simulation and its task parameters. ``row`` (the task's
+    index in the batch) is filled in by whoever knows the batch layout (the sampler), so an adapter
+    that only knows simulation ``sim`` can raise it; the user's exception stays as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        env: str,
+        step: int | str,
+        problem: str,
+        *,
+        sim: int | None = None,
+        task: np.ndarray | None = None,
+        task_names: tuple[str, ...] = (),
+        raised: bool = False,
+    ):
+        super().__init__(problem)
+        self.env, self.step, self.problem, self.sim, self.raised = env, step, problem, sim, raised
+        self.task = None if task is None else np.asarray(task, dtype=np.float64).reshape(-1)
+        self.task_names = tuple(task_names)
+        self.row: int | None = None
+
+    def where(self) -> str:
+        where = self.step if isinstance(self.step, str) else f"step {self.step}"
+        if self.sim is None:
+            return where
+        where += f", sim {self.sim}"
+        if self.task is not None:
+            names = (
+                self.task_names
+                if len(self.task_names) == len(self.task)
+                else [f"task[{j}]" for j in range(len(self.task))]
+            )
+            values = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, self.task))
+            where += f" (task row {self.row}: {values})" if self.row is not None else f" (task {values})"
+        return where
+
+    def __str__(self) -> str:
+        verb = "failed" if self.raised else "broke the task-distribution contract"
+        return f"env {self.env!r} {verb} at {self.where()}: {self.problem}"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, for naming a user's exception in a one-line error."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class BatchedEnv(ABC):
@@ -39,8 +96,10 @@ class BatchedEnv(ABC):
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Apply ``actions: [num_envs, act_dim]`` (or ``[num_envs]`` for discrete).
 
-        Returns ``(obs [num_envs, obs_dim], reward [num_envs], terminated [num_envs] bool)``.
-        Envs that terminated may keep being stepped; the sampler masks their steps out.
+        Returns ``(obs [num_envs, obs_dim] float32, reward [num_envs] floating, terminated
+        [num_envs] bool)``, all finite; the sampler checks this at every step. Box actions arrive
+        clipped to the action space's bounds. Envs that terminated may keep being stepped (their
+        values must stay finite); the sampler masks their steps out.
         """
 
     def close(self) -> None:
@@ -102,15 +161,54 @@ def registered() -> dict[str, Callable[..., TaskDistribution]]:
     return dict(_REGISTRY)
 
 
+def import_module(module_name: str, why: str = "") -> Any:
+    """Import a user's module, from the current directory too (as ``python -m`` would).
+
+    The ``caml-rl`` script does not put the current directory on ``sys.path``; it is appended
+    (searched last, so it never shadows an installed package) only when the module is not found
+    otherwise. Any failure, including an exception raised while the module runs, is one line.
+    """
+    why = f" ({why})" if why else ""
+    try:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            cwd = os.getcwd()
+            if exc.name != module_name.partition(".")[0] or cwd in sys.path or "" in sys.path:
+                raise
+            sys.path.append(cwd)
+            return importlib.import_module(module_name)
+    except Exception as exc:
+        raise TaskDistributionError(f"module {module_name!r}{why} could not be imported: {one_line(exc)}") from exc
+
+
+def import_user_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import the modules named by ``$CAML_RL_IMPORT`` (comma-separated) and ``modules``.
+
+    For the command line (``--import MODULE``): a distribution registered from Python by name is
+    known to a new process (evaluate, visualize, report, ``--resume``) only once its module has
+    run. The list is exported to ``$CAML_RL_IMPORT``, so the runs ``sweep`` starts import it too.
+    """
+    names = [m.strip() for m in os.environ.get("CAML_RL_IMPORT", "").split(",") if m.strip()]
+    names = list(dict.fromkeys(names + [m.strip() for m in modules]))
+    for module_name in names:
+        import_module(module_name, "named by --import or $CAML_RL_IMPORT")
+    if names:
+        os.environ["CAML_RL_IMPORT"] = ",".join(names)
+
+
 def _import_factory(name: str) -> None:
     """``"my_module:MyDistribution"`` imports and registers a user's class under that name."""
-    import importlib
-
     module_name, _, attr = name.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise TaskDistributionError(f"env {name!r} could not be imported: {exc}") from None
+        module = import_module(module_name)
+    except TaskDistributionError as exc:
+        cause = exc.__cause__
+        raise TaskDistributionError(f"env {name!r} could not be imported: {one_line(cause)}") from cause
+    try:
+        factory = getattr(module, attr)
+    except AttributeError as exc:
+        raise TaskDistributionError(f"env {name!r} could not be imported: {exc}") from exc
     register(name, factory)
 
 
@@ -123,8 +221,8 @@ def make(name: str, **settings: Any) -> TaskDistribution:
         _import_factory(name)
     if name not in _REGISTRY:
         raise TaskDistributionError(
-            f"unknown env {name!r}; registered: {', '.join(sorted(_REGISTRY))} (see `caml-rl envs`), "
-            "or give your own as module:Class"
+            f"unknown env {name!r}; registered: {', '.join(sorted(_REGISTRY))} (see `caml-rl envs`); "
+            "give your own as module:Class, or name the module that registers it with --import MODULE"
         )
     factory = _REGISTRY[name]
     if dataclasses.is_dataclass(factory):
@@ -146,17 +244,25 @@ class SingleTaskEnv(gym.Env):
     """One env of a task distribution as a plain Gymnasium env, for inspection and SB3 tools.
 
     It runs the distribution's batched env with one simulation on the CPU, so it behaves
-    exactly like the envs used for training. ``set_task`` fixes the task; otherwise each
+    exactly like the envs used for training: Box actions are clipped to the action space, every
+    step is checked, and episodes are truncated at the distribution's ``horizon`` (so SB3's
+    ``evaluate_policy`` needs no ``TimeLimit``). ``set_task`` fixes the task; otherwise each
     ``reset`` draws a new one from the reset seed.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, distribution: TaskDistribution, task: np.ndarray | None = None):
+        from caml_rl.policies import action_clipper  # both import this module
+
+        from .validation import StepChecker
+
         self.distribution = distribution
         self.observation_space = distribution.observation_space
         self.action_space = distribution.action_space
         self._vec = distribution.make_vec_env(1, torch.device("cpu"))
+        self._check = StepChecker(distribution, self._vec, 1)
+        self._clip = action_clipper(distribution.action_space, torch.device("cpu"))
         self._task = None if task is None else np.asarray(task, dtype=np.float64).reshape(1, -1)
         self._fixed = task is not None
         self._t = 0
@@ -171,12 +277,14 @@ class SingleTaskEnv(gym.Env):
         if not self._fixed or (options or {}).get("new_task"):
             self._task = self.distribution.sample_tasks(self.np_random, 1)
         self._t = 0
-        obs = self._vec.reset(self._task, self.np_random)
+        obs = self._check.reset(self._task, self.np_random)
         return obs[0].numpy().astype(self.observation_space.dtype), {"task": self._task[0].copy()}
 
     def step(self, action):
         act = torch.as_tensor(np.asarray(action)).unsqueeze(0)
-        obs, reward, terminated = self._vec.step(act)
+        if act.is_floating_point():
+            act = self._clip(act)
+        obs, reward, terminated = self._check.step(self._t, act)
         self._t += 1
         truncated = self._t >= self.distribution.horizon
         return (

@@ -67,7 +67,7 @@ def test_tasks_come_from_our_generator_and_set_the_goal():
     env = dist.make_vec_env(2, CPU)
     try:
         env.reset(a[:2], np.random.default_rng(0))
-        for slot, row in zip(env.vec.envs, a[:2]):
+        for slot, row in zip(env.envs, a[:2]):
             np.testing.assert_array_equal(slot._env._target_pos, row[3:6])
     finally:
         env.close()
@@ -162,10 +162,10 @@ def test_ml10_rows_pick_env_and_goal():
         rows[1, 1:] = dist.classes[3].draw_rand_vec(np.random.default_rng(0)).tolist() + [0, 0, 0]
         obs = env.reset(rows, np.random.default_rng(0))
         assert obs.shape == (2, 39)
-        names = [type(slot._env).__name__ for slot in env.vec.envs]
+        names = [type(slot._env).__name__ for slot in env.envs]
         assert names == ["SawyerReachEnvV3", "SawyerDoorEnvV3"]
         env.reset(rows[::-1].copy(), np.random.default_rng(0))  # slots swap env classes through the pool
-        assert [type(slot._env).__name__ for slot in env.vec.envs] == names[::-1]
+        assert [type(slot._env).__name__ for slot in env.envs] == names[::-1]
         env.step(torch.zeros(2, 4))
     finally:
         env.close()
