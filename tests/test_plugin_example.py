@@ -1,14 +1,16 @@
 """Runs the README's "Add your own task distribution" example exactly as printed."""
 
+import dataclasses
 import re
 from pathlib import Path
 
 import caml_rl.envs as envs
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from caml_rl import Trainer, load_config
+from caml_rl import Trainer, load_config, load_run
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -24,8 +26,8 @@ def test_example_is_short_and_trains(tmp_path):
     code = readme_example()
     assert len(code.strip().splitlines()) < 60
     namespace: dict = {}
-    envs.base._REGISTRY.pop("point_goals", None)
-    exec(compile(code, "README-example", "exec"), namespace)
+    for _ in range(2):  # as a notebook cell run twice: register(..., overwrite=True)
+        exec(compile(code, "README-example", "exec"), namespace)
     cfg = load_config(
         None,
         [
@@ -88,8 +90,13 @@ def test_validator_catches_tasks_that_change_nothing():
             env.reset = lambda tasks, rng: reset(np.zeros_like(tasks), rng)
             return env
 
-    with pytest.raises(envs.TaskDistributionError, match="identical observations and rewards"):
+    with pytest.raises(envs.TaskDistributionError) as info:
         envs.validate(Ignored())
+    assert str(info.value) == (
+        "env 'ignores_task' broke the task-distribution contract at steps 0-9: two different tasks gave identical "
+        "observations, rewards and terminations with the same actions (does the batched env's reset(tasks, rng) "
+        "apply the tasks?)"
+    )
 
 
 def test_module_class_names_import_user_code():
@@ -116,3 +123,101 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README-api", "exec"), namespace)
     assert namespace["action"].shape == (2,)
     assert tuple(namespace["adapted"].context.shape) == (1, 5)
+
+
+@pytest.mark.filterwarnings("ignore:Evaluation environment is not wrapped")
+def test_readme_single_task_example_runs(tmp_path, monkeypatch):
+    """The README's SingleTaskEnv block: evaluate_policy on a plug-in env, the horizon applied."""
+    text = README.read_text()
+    code = re.search(r"<!-- single-task example.*?-->\n```python\n(.*?)```", text, re.S).group(1)
+    small = str(
+        ["env.name=point_goals", "iterations=1", "meta_batch_size=2", "episodes_per_task=2"]
+        + ["policy.hidden_sizes=[8]", "device=cpu", "evaluation.tasks=2", "evaluation.episodes=2"]
+    )
+    assert '["env.name=point_goals"]' in code and "n_eval_episodes=20" in code
+    code = code.replace('["env.name=point_goals"]', small).replace(
+        "adapt(task=[0.5], steps=1)", "adapt(task=[0.5], steps=1, episodes=2)"
+    )
+    code = code.replace(".train()", ".train(quiet=True)").replace("n_eval_episodes=20", "n_eval_episodes=3")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_example(), "README-example", "exec"), namespace)
+    namespace["envs"] = envs
+    exec(compile(code, "README-single-task", "exec"), namespace)
+    assert np.isfinite(namespace["mean"])
+    env = namespace["env"]
+    env.reset(seed=0)
+    truncated = [env.step(np.zeros(1, np.float32))[3] for _ in range(30)]
+    assert truncated == [False] * 29 + [True]  # horizon=30: no TimeLimit needed
+
+
+def test_readme_visualize_task_example_parses():
+    """`--task` is one KEY=VALUE per flag, as the README shows."""
+    from caml_rl.cli import build_parser
+    from caml_rl.visualize import parse_task
+
+    text = README.read_text()
+    line = re.search(r"`(caml-rl visualize \S+ --task goal_velocity=1\.5[^`]*)`", text).group(1)
+    args = build_parser().parse_args(line.split()[1:])
+    assert parse_task(args.task, ("goal_velocity",), "halfcheetah_vel") == [1.5]
+    flags = re.search(r"`(--task goal_x=0\.3 --task goal_y=-0\.2)`", text).group(1)
+    args = build_parser().parse_args(["visualize", "RUN", *flags.split()])
+    assert parse_task(args.task, ("goal_x", "goal_y"), "navigation2d") == [0.3, -0.2]
+
+
+class _DiscreteLine(gym.Env):
+    """Move left, stay or right towards a hidden goal: a Discrete(3) action space."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self):
+        self.goal, self.x = 0.0, 0.0
+
+    def set_task(self, task):
+        self.goal = float(task[0])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = 0.0
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        assert action in (0, 1, 2)
+        self.x += 0.1 * (int(action) - 1)
+        return np.array([self.x], np.float32), -abs(self.x - self.goal), False, False, {}
+
+
+@dataclasses.dataclass
+class _DiscreteGoals(envs.GymTaskDistribution):
+    name = "discrete_goals"
+    task_names = ("goal",)
+    horizon: int = 10
+
+    def make_env(self):
+        return _DiscreteLine()
+
+    def sample_tasks(self, rng, num_tasks):
+        return rng.uniform(-1, 1, size=(num_tasks, 1))
+
+
+def test_discrete_actions_train_evaluate_and_predict(tmp_path):
+    envs.register("discrete_goals", _DiscreteGoals, overwrite=True)
+    cfg = load_config(
+        None,
+        ["env.name=discrete_goals", "iterations=2", "meta_batch_size=3", "episodes_per_task=3"]
+        + [
+            "policy.hidden_sizes=[8]",
+            "device=cpu",
+            "evaluation.tasks=2",
+            "evaluation.episodes=2",
+            "evaluation.steps=1",
+        ],
+    )
+    result = Trainer(cfg, tmp_path / "run").train(quiet=True)
+    assert np.isfinite(result.returns).all()
+    adapted = load_run(tmp_path / "run").adapt(task=[0.5], steps=1, episodes=2)
+    actions = [adapted.predict(np.zeros(1, np.float32))[0] for _ in range(20)]
+    assert {int(a) for a in actions} <= {0, 1, 2}
+    batch, _ = adapted.predict(np.zeros((4, 1), np.float32), deterministic=True)
+    assert batch.shape == (4,) and batch.dtype == np.int64
