@@ -104,8 +104,8 @@ def load_ppo_zip(path: Path, model: PPO, ppo: PPOSettings) -> None:
     unpickling anything: weights and optimizer state with ``weights_only=True``, the step counters
     from the JSON ``data`` part, whose pickled (``:serialized:``) entries are never decoded."""
 
-    def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"PPO model {str(path)!r} {why}; delete it to restart the baseline")
+    def bad(why: str, fix: str = "delete it to restart the baseline") -> CheckpointError:
+        return CheckpointError(f"PPO model {str(path)!r} {why}; {fix}")
 
     try:
         with zipfile.ZipFile(path) as z:
@@ -128,7 +128,8 @@ def load_ppo_zip(path: Path, model: PPO, ppo: PPOSettings) -> None:
         raise bad("has no valid num_timesteps in its data part")
     for key in RESUME_KEYS:
         if key in data and isinstance(data[key], int | float) and data[key] != getattr(ppo, key):
-            raise bad(f"was trained with {key}={data[key]!r}, not {getattr(ppo, key)!r}; resume with the same settings")
+            fix = "resume with the same settings (--n-envs too), or give another --out"
+            raise bad(f"was trained with {key}={data[key]!r}, not {getattr(ppo, key)!r}", fix)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise bad("holds policy weights that are not a mapping of tensors")
     if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
@@ -153,6 +154,25 @@ def baseline_config(config: Config, oracle: bool) -> Config:
         config.env.name = "task_in_observation"
     config.validate()
     return config
+
+
+def build_ppo(config: Config, distribution: envs.TaskDistribution, ppo: PPOSettings) -> PPO:
+    """A fresh SB3 PPO with the config's policy architecture on single-task envs of ``distribution``."""
+    act, hidden = ACTIVATIONS[config.policy.activation], list(config.policy.hidden_sizes)
+    env = make_vec_env(lambda: envs.SingleTaskEnv(distribution), n_envs=ppo.n_envs, seed=config.seed)
+    return PPO(
+        "MlpPolicy",
+        env,
+        n_steps=ppo.n_steps,
+        batch_size=ppo.batch_size,
+        n_epochs=ppo.n_epochs,
+        learning_rate=ppo.learning_rate,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": act},
+        seed=config.seed,
+        device="cpu",
+    )
 
 
 def copy_actor(model: PPO, policy: ContextMLPPolicy) -> ContextMLPPolicy:
@@ -253,14 +273,10 @@ class PPOBaselineRun:
             read_progress(d / "progress.csv")
         return True
 
-    def _make_env(self):
-        dist = self.distribution
-        return make_vec_env(lambda: envs.SingleTaskEnv(dist), n_envs=self.ppo.n_envs, seed=self.config.seed)
-
     def _load_or_create(self) -> PPO:
         """A PPO model built from this run's settings; resumed runs then load their weights safely."""
         path = self.run_dir / MODEL_FILE
-        model = self._create()
+        model = build_ppo(self.config, self.distribution, self.ppo)
         if path.exists():
             if not path.is_file():
                 raise CheckpointError(f"PPO model {str(path)!r} is not a file; delete it to restart the baseline")
@@ -272,22 +288,6 @@ class PPOBaselineRun:
                     raise CheckpointError(f"PPO state {str(state)!r} has wall_time={wall!r}; expected a number >= 0")
                 self._wall0 = float(wall)
         return model
-
-    def _create(self) -> PPO:
-        act, hidden = ACTIVATIONS[self.config.policy.activation], list(self.config.policy.hidden_sizes)
-        return PPO(
-            "MlpPolicy",
-            self._make_env(),
-            n_steps=self.ppo.n_steps,
-            batch_size=self.ppo.batch_size,
-            n_epochs=self.ppo.n_epochs,
-            learning_rate=self.ppo.learning_rate,
-            gamma=self.ppo.gamma,
-            gae_lambda=self.ppo.gae_lambda,
-            policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": act},
-            seed=self.config.seed,
-            device="cpu",
-        )
 
     @property
     def iteration(self) -> int:

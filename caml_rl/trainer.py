@@ -74,7 +74,7 @@ def check_run_files(run_dir: Path, checkpoint: Path, config: Config) -> None:
             if key != "iterations" and a != b:
                 raise CheckpointError(
                     f"checkpoint {str(checkpoint)!r} does not belong to this run: it has {key}={a!r}, the run's "
-                    f"config.yaml has {b!r}; move the foreign checkpoint out of checkpoints/"
+                    f"config.yaml has {b!r} (a checkpoint copied from another run, or an edited config.yaml?)"
                 )
     if (run_dir / "progress.csv").exists():
         read_progress(run_dir / "progress.csv")
