@@ -258,9 +258,12 @@ class PPOBaselineRun:
                 )
         if (d / "config.yaml").exists():
             try:
-                recorded = _flatten(from_dict(Config, read_yaml_mapping(d / "config.yaml", "run config")).to_dict())
-            except ConfigError as exc:
+                recorded_config = from_dict(Config, read_yaml_mapping(d / "config.yaml", "run config"))
+                # settings added to the env since the run started are compared at their defaults
+                recorded_config.env.settings = make_distribution(recorded_config.env).settings()
+            except (ConfigError, envs.TaskDistributionError) as exc:
                 raise CheckpointError(f"run config {str(d / 'config.yaml')!r} is damaged: {exc}") from None
+            recorded = _flatten(recorded_config.to_dict())
             mine = _flatten(self.config.to_dict())
             for key in sorted(mine.keys() | recorded.keys()):
                 a, b = mine.get(key, "<absent>"), recorded.get(key, "<absent>")

@@ -52,6 +52,8 @@ def load_suite(path: str | Path) -> tuple[Path, list[SuiteRun]]:
     if not isinstance(out_root, str) or not out_root.strip():
         raise ConfigError(f"suite {str(path)!r} out_root must be a folder name; got {out_root!r}")
     root = Path(out_root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"suite {str(path)!r} out_root {out_root!r} is a file; expected a folder")
     runs: list[SuiteRun] = []
     for i, entry in enumerate(_suite_list(path, "runs", data.get("runs"), dict, "mappings (name, config, ...)")):
         bad = set(entry) - {"name", "config", "set", "seeds"}

@@ -502,24 +502,28 @@ def test_ppo_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert snapshot(out) == before
 
 
-def test_committed_ppo_model_still_loads():
-    """A committed run's SB3 zip loads safely and holds the weights of its final checkpoint."""
+def test_committed_ppo_run_still_resumes_safely(tmp_path):
+    """experiments/baselines.sh's command finds a committed run's SB3 zip (the old format, kept)
+    resumable: same config, and weights equal to its final caml-rl checkpoint."""
     from pathlib import Path
 
     from caml_rl.policies import make_policy
-    from caml_rl.ppo_baseline import PPOSettings, build_ppo, copy_actor, load_ppo_zip
+    from caml_rl.ppo_baseline import PPOBaselineRun, PPOSettings, copy_actor
     from caml_rl.runs import load_run
 
-    run_dir = Path(__file__).parents[1] / "experiments" / "results" / "halfcheetah_vel" / "ppo_seed0"
+    root = Path(__file__).parents[1]
+    run_dir = tmp_path / "ppo_seed0"
+    shutil.copytree(root / "experiments" / "results" / "halfcheetah_vel" / "ppo_seed0", run_dir)
+    before = snapshot(run_dir)
+    config = load_config(root / "experiments" / "configs" / "halfcheetah_vel_maml.yaml", ["torch_threads=1"])
+    baseline = PPOBaselineRun(config, run_dir, PPOSettings())
     run = load_run(run_dir)
-    settings = PPOSettings(**json.loads((run_dir / "run.json").read_text())["ppo"])
-    model = build_ppo(run.config, run.distribution, settings)
-    load_ppo_zip(run_dir / "ppo_model.zip", model, settings)
+    assert baseline.resumed and baseline.model.num_timesteps == load_checkpoint(latest_checkpoint(run_dir))["env_steps"]
     dist = run.distribution
-    actor = copy_actor(model, make_policy(run.config.policy, dist.observation_space, dist.action_space))
+    actor = copy_actor(baseline.model, make_policy(run.config.policy, dist.observation_space, dist.action_space))
     for (name, a), b in zip(run.policy.state_dict().items(), actor.state_dict().values()):
         assert torch.equal(a, b), name
-    assert model.num_timesteps == load_checkpoint(latest_checkpoint(run_dir))["env_steps"]
+    assert snapshot(run_dir) == before
 
 
 def test_save_checkpoint_files_follow_the_umask(tmp_path):
