@@ -114,7 +114,8 @@ def check_launcher_env() -> None:
     if missing:
         raise DistributedError(
             f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training but {', '.join(missing)} "
-            "is not set; start the workers with torchrun (or unset WORLD_SIZE for one process)"
+            f"{'is' if len(missing) == 1 else 'are'} not set; start the workers with torchrun "
+            "(or unset WORLD_SIZE for one process)"
         )
     rank_from_env()
     local_world = env_int("LOCAL_WORLD_SIZE", 1, 1)

@@ -59,10 +59,10 @@ class LoadedRun:
             if not ok or isinstance(value, bool):
                 raise ConfigError(f"evaluate {name}={value!r} is out of range; allowed: {allowed}")
         obs_dim, act_dim = space_dims(self.distribution)
+        horizon, batch = self.distribution.horizon, (tasks, episodes)
         check_memory(
-            self.config.policy, obs_dim, act_dim, self.distribution.horizon, (tasks, episodes), "cpu",
-            "this evaluation", "--tasks or --episodes",
-        )  # fmt: skip
+            self.config.policy, obs_dim, act_dim, horizon, batch, "cpu", "this evaluation", "--tasks or --episodes"
+        )
         return evaluate(
             self.policy,
             self.distribution,

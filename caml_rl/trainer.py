@@ -29,6 +29,7 @@ from .checkpoint import (
     atomic_write_text,
     check_out_path,
     checkpoint_path,
+    first_line,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -199,7 +200,9 @@ class Trainer:
         try:
             self.streams.load_state(rng)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} has damaged random-stream state ({exc!s:.80})") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has damaged random-stream state ({first_line(exc, 80)})"
+            ) from None
         self.iteration = int(payload["iteration"])
         self.resumed_from = self.iteration
         self.env_steps = int(payload.get("env_steps", 0))
