@@ -79,8 +79,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file; delete it to fall back to the previous one")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds for damaged files
@@ -141,7 +143,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     found, ignored = [], []
     for p in folder.iterdir():
         m = CHECKPOINT_NAME.match(p.name)
-        if m and p.is_file():
+        if m:  # even a folder of that name: loading it then says what is wrong
             found.append((int(m.group(1)), p))
         elif not p.name.startswith("."):
             ignored.append(p.name)

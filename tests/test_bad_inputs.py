@@ -282,6 +282,23 @@ def test_only_iter_numbered_files_are_checkpoints(run):
     assert len(record) == 1
 
 
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda p: p.write_bytes(b""), "iter_000002.pt' is damaged"),
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "iter_000002.pt' is damaged"),
+        (lambda p: (p.unlink(), p.mkdir()), "iter_000002.pt' is not a file"),
+    ],
+    ids=["empty", "truncated", "folder"],
+)
+def test_damaged_newest_checkpoint_is_named_not_skipped(run, capsys, damage, fragment):
+    damage(run / "checkpoints" / "iter_000002.pt")
+    before = snapshot(run)
+    for argv in (["train", "--resume", str(run)], ["evaluate", str(run), "--out", str(run / "e.json")]):
+        fails(capsys, argv, fragment)
+    assert snapshot(run) == before
+
+
 def test_damaged_checkpoint_message_is_not_cut_mid_word():
     exc = ValueError("word " * 60)
     line = first_line(exc)
