@@ -71,6 +71,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         help="paper: horizon 200, 200x200, 50 context; maml-rl: pytorch-maml-rl's batch shape, horizon 100, "
         "with a 100x100 ReLU net (its own is 64x64 tanh); overrides --horizon",
     )
+    p.add_argument("--simulator", choices=["batch", "rollout", "warp"], help="MuJoCo backend (env.settings.simulator)")
+    p.add_argument("--worlds", type=int, nargs="+", metavar="N", help="also time the physics alone at N simulations")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -83,6 +85,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     for key in ("tasks", "episodes", "horizon", "iterations"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
+    if any(n < 1 for n in args.worlds or []):
+        raise ConfigError(f"--worlds {min(args.worlds)} is out of range; allowed: >= 1")
     result = run_benchmark(
         args.env,
         args.tasks,
@@ -93,6 +97,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         args.method,
         args.preset,
         args.overrides,
+        simulator=args.simulator,
+        worlds=args.worlds,
     )
     if rank_from_env() != 0:  # under torchrun every worker measures; rank 0 reports
         return
