@@ -113,6 +113,7 @@ class GymVecEnv(BatchedEnv):
                 self._fault(i, "reset", f"reset() returned {_describe(out)}; expected (observation, info)")
             self._store_obs(i, "reset", out[0])
         self._done[:] = False
+        self._success[:] = False
         self._t = 0
         self.success = None
         self._check_finite("reset")
