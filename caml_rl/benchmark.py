@@ -3,6 +3,7 @@ measured in one process on the same batch, so their ratios say where the time go
 
 from __future__ import annotations
 
+import platform
 import statistics
 import tempfile
 import time
@@ -26,36 +27,77 @@ PRESETS = {
 }
 
 
-def physics_steps_per_s(dist: envs.TaskDistribution, num_envs: int, horizon: int, rng: np.random.Generator) -> float:
-    """Env steps per second of the simulator alone, open loop, no policy and no observations.
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    MuJoCo tasks step their model in one ``MujocoBatch`` on all cores; other task
-    distributions step their batched env with random actions.
+
+def physics_steps_per_s(
+    dist: envs.TaskDistribution,
+    num_envs: int,
+    horizon: int,
+    rng: np.random.Generator,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """``(env steps per second, warm-up seconds)`` of the simulator alone, open loop: no policy,
+    no observations.
+
+    MuJoCo tasks step their model on the distribution's ``simulator`` backend (``mujoco.batch`` on
+    all cores, or MuJoCo Warp on ``device`` with its controls drawn there); other task
+    distributions step their batched env on ``device`` with random actions. Warp's first two steps
+    (kernel compilation and graph capture) are the warm-up, not timed; the C backends have none.
     """
+    device = torch.device(device)
     act_dim = int(np.prod(dist.action_space.shape))
     controls = rng.uniform(-1, 1, size=(horizon, num_envs, act_dim))
+    warmup = 0.0
     if hasattr(dist, "model") and hasattr(dist, "frame_skip"):
-        from caml_rl.envs.mujoco_batch import MujocoBatch
+        from caml_rl.envs.simulator import make_simulator
 
         model = dist.model
-        sim = MujocoBatch(model, num_envs, dist.frame_skip)
+        sim = make_simulator(getattr(dist, "simulator", "batch"), model, num_envs, dist.frame_skip, device)
         sim.reset(np.tile(model.qpos0, (num_envs, 1)), np.zeros((num_envs, model.nv)))
+        if sim.on_device:
+            ctrls = torch.as_tensor(controls, dtype=torch.float32, device=sim.device)
+            t0 = time.perf_counter()
+            for ctrl in ctrls[:2]:
+                sim.set_ctrl(ctrl)
+                sim.step()
+            _synchronize(sim.device)
+            warmup = time.perf_counter() - t0
+        else:
+            ctrls = controls
         t0 = time.perf_counter()
-        for ctrl in controls:
+        for ctrl in ctrls:
             sim.set_ctrl(ctrl)
             sim.step()
+        _synchronize(sim.device)
         seconds = time.perf_counter() - t0
         sim.close()
     else:
-        env = dist.make_vec_env(num_envs, torch.device("cpu"))
+        env = dist.make_vec_env(num_envs, device)
         env.reset(np.repeat(dist.sample_tasks(rng, 1), num_envs, axis=0), rng)
-        acts = torch.as_tensor(controls, dtype=torch.float32) * float(dist.action_space.high.max())
+        acts = torch.as_tensor(controls, dtype=torch.float32, device=device) * float(dist.action_space.high.max())
         t0 = time.perf_counter()
         for a in acts:
             env.step(a)
+        _synchronize(device)
         seconds = time.perf_counter() - t0
         env.close()
-    return num_envs * horizon / seconds
+    return num_envs * horizon / seconds, warmup
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, for labelling measured numbers."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def fwdbwd_seconds(trainer: Trainer, repeats: int = 3) -> float:
@@ -86,9 +128,15 @@ def run_benchmark(
     method: str = "caml",
     preset: str | None = None,
     overrides: list[str] | None = None,
+    simulator: str | None = None,
+    worlds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Measure (a) physics, (b) sampler, (c) meta-iterations, (d) one policy forward+backward."""
-    extra: list[str] = []
+    """Measure (a) physics, (b) sampler, (c) meta-iterations, (d) one policy forward+backward.
+
+    ``simulator`` picks the MuJoCo backend (``env.settings.simulator``); ``worlds`` adds (a) at
+    those numbers of simulations (``physics_steps_per_s_by_worlds``), one horizon each.
+    """
+    extra: list[str] = [f"env.settings.simulator={simulator}"] if simulator else []
     if preset:
         p = PRESETS[preset]
         horizon = p["horizon"]
@@ -118,10 +166,17 @@ def run_benchmark(
         trainer.sampler = trainer.make_sampler()
         local = trainer.local_tasks  # all tasks, or this worker's share under torchrun
         h = trainer.distribution.horizon
-        physics = physics_steps_per_s(trainer.distribution, local * episodes, h, np.random.default_rng(0))
+        dist = trainer.distribution
+        physics, warmup = physics_steps_per_s(dist, local * episodes, h, np.random.default_rng(0), trainer.device)
+        by_worlds = {
+            str(n): physics_steps_per_s(dist, n, h, np.random.default_rng(0), trainer.device)[0] for n in worlds or []
+        }
 
         fast = initial_fast_weights(trainer.policy, trainer.partition, local)
         task_rows = trainer.distribution.sample_tasks(trainer.streams.tasks, local)
+        if getattr(getattr(trainer.sampler.env, "sim", None), "on_device", False):
+            # Warp: the sampler's first two steps load kernels and capture the step graph
+            trainer.sampler.sample(trainer.policy, task_rows, fast, trainer.streams.env, trainer.streams.actions)
         t0 = time.perf_counter()
         ep = trainer.sampler.sample(trainer.policy, task_rows, fast, trainer.streams.env, trainer.streams.actions)
         sampler = ep.num_steps / (time.perf_counter() - t0)
@@ -135,8 +190,10 @@ def run_benchmark(
     steps = statistics.mean(m["time/env_steps"] for m in per_iter[:1]) if per_iter else 0
     return {
         "env": env,
+        "simulator": getattr(trainer.distribution, "simulator", None),
         "method": method,
         "device": str(trainer.device),
+        "device_name": device_name(trainer.device),
         "tasks": tasks,
         "episodes": episodes,
         "horizon": h,
@@ -146,6 +203,8 @@ def run_benchmark(
         "workers": trainer.workers.world_size,
         "env_steps_per_iteration": steps,
         "physics_steps_per_s": physics,
+        "physics_warmup_seconds": warmup,
+        "physics_steps_per_s_by_worlds": by_worlds,
         "sampler_steps_per_s": sampler,
         "iteration_seconds": it_s,
         "iteration_steps_per_s": steps / it_s,

@@ -6,7 +6,8 @@ observation = ``qpos[2:]``, ``qvel`` (27 numbers), and no contact cost. Contact 
 meta-RL Ant setups leave them out. Every reward adds a survive bonus (``healthy_reward`` while
 the torso height lies in ``[healthy_z_low, healthy_z_high]``) and subtracts
 ``ctrl_cost_weight * ||a||^2``. Velocities are measured on the torso's ``xpos`` exactly as
-Ant-v5 does, so ``velocity`` matches its ``info["x_velocity"]``.
+Ant-v5 does, so ``velocity`` matches its ``info["x_velocity"]``. Rewards are array maths that
+run on numpy (C backends) and torch (Warp) alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import dataclasses
 import numpy as np
 
 from .base import TaskDistributionError
-from .mujoco_batch import MujocoBatch, MujocoTaskDistribution, check_interval, check_setting
+from .locomotion import Array, MujocoTaskDistribution, check_interval, check_setting, xp
+from .simulator import Simulator
 
 _TORSO = 1  # body id of the torso in gymnasium's ant.xml (Ant-v5's main_body)
 
@@ -46,25 +48,24 @@ class _Ant(MujocoTaskDistribution):
                 f"env setting terminate_when_unhealthy={self.terminate_when_unhealthy!r} must be true or false"
             )
 
-    def position(self, sim: MujocoBatch) -> np.ndarray:
+    def position(self, sim: Simulator) -> Array:
         return sim.body_xpos(_TORSO)[:, :2]
 
     def score(
         self,
-        tasks: np.ndarray,
-        velocity: np.ndarray,
-        ctrl_cost: np.ndarray,
-        sim: MujocoBatch,
+        tasks: Array,
+        velocity: Array,
+        ctrl_cost: Array,
+        sim: Simulator,
         ids: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        qpos = sim.qpos if ids is None else sim.qpos[ids]
+    ) -> tuple[Array, Array | None]:
+        qpos = sim.state_qpos if ids is None else sim.state_qpos[ids]
         z = qpos[:, 2]
         healthy = (self.healthy_z_low <= z) & (z <= self.healthy_z_high)  # state is finite: checked before
         reward = self.task_reward(tasks, velocity, qpos) + self.healthy_reward * healthy - ctrl_cost
-        terminated = ~healthy if self.terminate_when_unhealthy else np.zeros(len(z), dtype=bool)
-        return reward, terminated
+        return reward, (~healthy if self.terminate_when_unhealthy else None)
 
-    def task_reward(self, tasks: np.ndarray, velocity: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
         raise NotImplementedError
 
 
@@ -86,8 +87,8 @@ class AntVel(_Ant):
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return rng.uniform(self.velocity_low, self.velocity_high, size=(num_tasks, 1))
 
-    def task_reward(self, tasks: np.ndarray, velocity: np.ndarray, qpos: np.ndarray) -> np.ndarray:
-        return -np.abs(velocity[:, 0] - tasks[:, 0])
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
+        return -abs(velocity[:, 0] - tasks[:, 0])
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ class AntDir(_Ant):
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return rng.choice(np.array([-1.0, 1.0]), size=(num_tasks, 1))
 
-    def task_reward(self, tasks: np.ndarray, velocity: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
         return tasks[:, 0] * velocity[:, 0]
 
 
@@ -131,8 +132,8 @@ class AntGoal(_Ant):
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return rng.uniform(self.goal_low, self.goal_high, size=(num_tasks, 2))
 
-    def task_reward(self, tasks: np.ndarray, velocity: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
         diff = qpos[:, :2] - tasks
         if self.goal_norm == 1:
-            return -np.abs(diff).sum(axis=1)
-        return -np.sqrt(np.square(diff).sum(axis=1))
+            return -abs(diff).sum(1)
+        return -xp(diff).sqrt((diff * diff).sum(1))

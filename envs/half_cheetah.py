@@ -1,8 +1,9 @@
 """HalfCheetah task distributions (Finn et al. 2017; Zintgraf et al. 2019): velocity, direction, dynamics.
 
 The physics, observation (``qpos[1:]``, ``qvel``: 17 numbers) and forward velocity
-(``(x_after - x_before) / dt``) are gymnasium's HalfCheetah-v5, stepped in batches by
-``MujocoBatch``; only the reward differs per task. Episodes never terminate.
+(``(x_after - x_before) / dt``) are gymnasium's HalfCheetah-v5, stepped in batches by the
+``simulator`` backend; only the reward differs per task. Episodes never terminate. Rewards are
+array maths that run on numpy (C backends) and torch (Warp) alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import dataclasses
 import numpy as np
 
 from .base import TaskDistributionError
-from .mujoco_batch import MujocoBatch, MujocoTaskDistribution, check_interval
+from .locomotion import Array, MujocoTaskDistribution, check_interval
+from .simulator import Simulator
 
 
 @dataclasses.dataclass
@@ -29,16 +31,15 @@ class _HalfCheetah(MujocoTaskDistribution):
 
     def score(
         self,
-        tasks: np.ndarray,
-        velocity: np.ndarray,
-        ctrl_cost: np.ndarray,
-        sim: MujocoBatch,
+        tasks: Array,
+        velocity: Array,
+        ctrl_cost: Array,
+        sim: Simulator,
         ids: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        reward = self.task_reward(tasks, velocity[:, 0]) - ctrl_cost
-        return reward, np.zeros(len(reward), dtype=bool)
+    ) -> tuple[Array, None]:
+        return self.task_reward(tasks, velocity[:, 0]) - ctrl_cost, None
 
-    def task_reward(self, tasks: np.ndarray, forward_velocity: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
         raise NotImplementedError
 
 
@@ -60,8 +61,8 @@ class HalfCheetahVel(_HalfCheetah):
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return rng.uniform(self.velocity_low, self.velocity_high, size=(num_tasks, 1))
 
-    def task_reward(self, tasks: np.ndarray, forward_velocity: np.ndarray) -> np.ndarray:
-        return -np.abs(forward_velocity - tasks[:, 0])
+    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
+        return -abs(forward_velocity - tasks[:, 0])
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ class HalfCheetahDir(_HalfCheetah):
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return rng.choice(np.array([-1.0, 1.0]), size=(num_tasks, 1))
 
-    def task_reward(self, tasks: np.ndarray, forward_velocity: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
         return tasks[:, 0] * forward_velocity
 
 
@@ -107,7 +108,7 @@ class HalfCheetahDynamics(_HalfCheetah):
         hi = np.log([self.mass_scale_high, self.damping_scale_high])
         return np.exp(rng.uniform(lo, hi, size=(num_tasks, 2)))
 
-    def configure(self, sim: MujocoBatch, tasks: np.ndarray) -> None:
+    def configure(self, sim: Simulator, tasks: np.ndarray) -> None:
         if not (np.isfinite(tasks).all() and (tasks > 0).all()):
             raise TaskDistributionError(f"{self.label}: mass_scale and damping_scale must be finite and > 0")
         if sim.applied_tasks is not None and np.array_equal(sim.applied_tasks, tasks):
@@ -123,5 +124,5 @@ class HalfCheetahDynamics(_HalfCheetah):
         )
         sim.applied_tasks = tasks.copy()
 
-    def task_reward(self, tasks: np.ndarray, forward_velocity: np.ndarray) -> np.ndarray:
+    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
         return forward_velocity

@@ -15,7 +15,8 @@ import numpy as np
 from .ant import AntDir, AntGoal, AntVel
 from .base import make, register, registered
 from .half_cheetah import HalfCheetahDir, HalfCheetahDynamics, HalfCheetahVel
-from .mujoco_batch import MujocoSingleTaskEnv, MujocoTaskDistribution
+from .locomotion import MujocoTaskDistribution
+from .mujoco_render import MujocoSingleTaskEnv
 
 LOCOMOTION: dict[str, tuple[type[MujocoTaskDistribution], str]] = {
     "halfcheetah_vel": (HalfCheetahVel, "caml/HalfCheetahVel-v0"),
