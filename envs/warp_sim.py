@@ -38,13 +38,14 @@ def require_warp() -> tuple[Any, Any]:
     """``(warp, mujoco_warp)``, or a one-line error saying how to install them."""
     try:
         wp = importlib.import_module("warp")
+        wp.config.quiet = True  # before anything initialises Warp: no banner
+        wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)  # no line per kernel module loaded
         mjw = importlib.import_module("mujoco_warp")
     except ImportError as exc:
         raise TaskDistributionError(
             f"env setting simulator='warp' needs MuJoCo Warp, which is not installed ({exc.name} missing): "
             + INSTALL_HINT
         ) from None
-    wp.config.quiet = True
     return wp, mjw
 
 
@@ -69,7 +70,8 @@ class WarpSimulator(Simulator):
     backend = "warp"
     on_device = True
 
-    def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, device: torch.device):
+    def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, device: torch.device, capture: bool = True):
+        """``capture=False`` launches every kernel of every step from Python (for comparison and debugging)."""
         self._wp, self._mjw = require_warp()
         wp = self._wp
         self.model, self.nsim, self.frame_skip = model, int(nsim), int(frame_skip)
@@ -94,6 +96,7 @@ class WarpSimulator(Simulator):
             self._xpos = wp.to_torch(self._d.xpos)  # [nsim, nbody, 3]
         self._graph: Any = None
         self._stepped = False
+        self._capture = capture
 
     # --------------------------------------------------------------------------- device
     @contextlib.contextmanager
@@ -153,7 +156,7 @@ class WarpSimulator(Simulator):
         """
         wp, mjw = self._wp, self._mjw
         with self.scope():
-            if self._graph is None and self._stepped:
+            if self._graph is None and self._stepped and self._capture:
                 with wp.ScopedCapture(device=self._wdev) as capture:
                     for _ in range(self.frame_skip):
                         mjw.step(self._m, self._d)
