@@ -1,7 +1,7 @@
 """Training logs: SB3's logger (CSV + TensorBoard) plus one readable line per iteration.
 
 Column names say what they measure (see README, "Metrics"); a resumed run keeps the rows up to
-its checkpoint and continues the same CSV.
+its checkpoint and continues the same CSV, with any column logged under an older name renamed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from typing import Any, TextIO
 
 from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
 
+RENAMED_COLUMNS = {"trpo/backtracks": "trpo/line_search_evaluations"}
+"""Old progress.csv column -> its current name (the value is the same quantity)."""
+
 
 class ResumableCSVOutputFormat(CSVOutputFormat):
-    """SB3's CSV writer, but keeping the existing rows with ``iteration <= keep_until``."""
+    """SB3's CSV writer, but keeping the existing rows with ``iteration <= keep_until`` (columns
+    with an old name renamed, so one column holds one quantity from the first row to the last)."""
 
     def __init__(self, filename: str, keep_until: int | None = None):
         rows, header = [], []
@@ -24,8 +28,12 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
         if keep_until is not None and path.is_file():
             with path.open() as f:
                 reader = csv.DictReader(f)
-                header = list(reader.fieldnames or [])
-                rows = [r for r in reader if r.get("iteration") and float(r["iteration"]) <= keep_until]
+                header = [RENAMED_COLUMNS.get(k, k) for k in reader.fieldnames or []]
+                rows = [
+                    {RENAMED_COLUMNS.get(k, k): v for k, v in r.items()}
+                    for r in reader
+                    if r.get("iteration") and float(r["iteration"]) <= keep_until
+                ]
         super().__init__(filename)
         if header:
             writer = csv.DictWriter(self.file, fieldnames=header)

@@ -295,7 +295,7 @@ class Trainer:
             "trpo/kl": stats.kl,
             "trpo/surrogate_improvement": stats.improvement,
             "trpo/step_fraction": stats.step_fraction,
-            "trpo/backtracks": stats.backtracks,
+            "trpo/line_search_evaluations": stats.line_search_evaluations,
             "policy/action_std": float(self.policy.log_std.detach().exp().mean()) if not self.policy.discrete else 0.0,
             "time/iteration_seconds": seconds,
             "time/sampling_seconds": sampling,

@@ -21,7 +21,7 @@ class TRPOStats:
     kl: float  # KL of the accepted step (nan if rejected)
     improvement: float  # old loss - new loss of the accepted step (nan if rejected)
     loss_before: float
-    backtracks: int  # line-search evaluations made
+    line_search_evaluations: int  # candidate steps evaluated (1: the full step was accepted)
     step_fraction: float  # fraction of the full trust-region step taken (0 if rejected)
 
 
@@ -75,9 +75,9 @@ def trpo_step(
     g_and_loss = average(torch.cat([parameters_to_vector(grads).detach(), loss.detach().reshape(1)]))
     g, loss_before = g_and_loss[:-1], float(g_and_loss[-1])
 
-    def reject(reason: str, backtracks: int = 0) -> TRPOStats:
+    def reject(reason: str, evaluations: int = 0) -> TRPOStats:
         vector_to_parameters(old, params)
-        return TRPOStats(False, reason, math.nan, math.nan, loss_before, backtracks, 0.0)
+        return TRPOStats(False, reason, math.nan, math.nan, loss_before, evaluations, 0.0)
 
     if not _finite(g, loss_before):
         return reject("non_finite_gradient")

@@ -100,7 +100,7 @@ def test_first_line_search_candidate_lands_on_max_kl(partition, damping, tol):
     cfg = TRPOConfig(max_kl=1e-8, fisher="full", fvp_subsample=1.0, cg_iters=4 * n, cg_damping=damping)
     before = flat_params(policy)
     stats = meta_update(policy, names, batch, ADAPT, cfg, torch.Generator())
-    assert stats.accepted and stats.step_fraction == 1.0 and stats.backtracks == 1
+    assert stats.accepted and stats.step_fraction == 1.0 and stats.line_search_evaluations == 1
     assert stats.kl == pytest.approx(1e-8, rel=tol)
     assert stats.improvement > 0 and not torch.equal(flat_params(policy), before)
 
