@@ -254,4 +254,5 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
             bad = np.flatnonzero(first >= 0)
             bad = bad[np.argsort(first[bad], kind="stable")]
             _, reasons = self.sim.unstable(bad[:1])
+            self._first_bad.fill_(-1)
             self._raise(bad, reasons or ["state not finite"], "became unstable", step=int(first[bad[0]]))

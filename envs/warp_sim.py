@@ -114,9 +114,11 @@ class WarpSimulator(Simulator):
         caller = torch.cuda.current_stream(self.device)
         ours = wp.stream_to_torch(self._wdev.stream)
         ours.wait_stream(caller)
-        with wp.ScopedDevice(self._wdev), torch.cuda.stream(ours):
-            yield
-        caller.wait_stream(ours)
+        try:
+            with wp.ScopedDevice(self._wdev), torch.cuda.stream(ours):
+                yield
+        finally:
+            caller.wait_stream(ours)
 
     # ---------------------------------------------------------------------------- state
     @property

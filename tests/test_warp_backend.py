@@ -14,6 +14,8 @@ twelve env steps (60 physics steps). Each case prints its measured maxima.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from caml_rl.envs.base import TaskDistributionError, make
 from caml_rl.envs.locomotion_registry import register_all
 
 from caml_rl import Trainer
+from caml_rl.cli import main
 from caml_rl.config import load_config
 
 pytest.importorskip("mujoco_warp", reason="MuJoCo Warp is not installed: pip install -e '.[warp]'")
@@ -211,6 +214,15 @@ def test_caml_learns_on_warp(tmp_path):
     )
     assert after[0] > before + 1.0 and after[1] > before + 1.0, (before, after)
     assert "simulator: warp" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_benchmark_times_the_warp_backend(capsys):
+    args = ["benchmark", "--simulator", "warp", "--tasks", "2", "--episodes", "2", "--horizon", "10"]
+    main([*args, "--iterations", "1", "--worlds", "4", "--json", "--set", "policy.hidden_sizes=[16]"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["simulator"] == "warp" and result["env"] == "halfcheetah_vel"
+    assert result["physics_steps_per_s_by_worlds"]["4"] > 0 and result["physics_warmup_seconds"] > 0
+    assert result["sampler_steps_per_s"] > 0 and result["device_name"]
 
 
 # ------------------------------------------------------------------------------------------ CUDA
