@@ -233,27 +233,6 @@ def read_progress(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def write_run_json(run_dir: Path, record: dict[str, Any], resumed_from: int | None = None) -> None:
-    """Write ``run.json``. A resumed run keeps the recorded ``command`` and appends its own
-    (with the iteration it resumed from) to ``resumes``, so the command that started it survives."""
-    import sys
-    from datetime import datetime
-
-    path = Path(run_dir) / "run.json"
-    record = {**record, "command": sys.argv}
-    if resumed_from is not None and path.is_file():
-        old = read_json(path, "run record")
-        old = old if isinstance(old, dict) else {}
-        if "command" in old:
-            record["command"] = old["command"]
-        else:
-            record.pop("command")
-        resumes = old.get("resumes") if isinstance(old.get("resumes"), list) else []
-        now = datetime.now().isoformat(timespec="seconds")
-        record["resumes"] = [*resumes, {"command": sys.argv, "iteration": resumed_from, "time": now}]
-    atomic_write_json(path, record)
-
-
 # ------------------------------------------------------------------ output paths
 def check_out_path(path: str | Path, flag: str, folder: bool) -> Path:
     """Refuse, in one line, an output path that cannot be written: a folder given where a file

@@ -13,8 +13,10 @@ for workers that will never come.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,17 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 
 class DistributedError(RuntimeError):
     """A rank died, a collective timed out, or the launcher's environment is incomplete or bad."""
+
+
+class WorkerLostError(DistributedError):
+    """A collective failed: another worker died or stopped answering within the timeout.
+
+    Raised only around ``torch.distributed`` calls, so an error of this worker's own (out of
+    memory, a bug) is never mistaken for a lost worker. The backend's error is the ``__cause__``.
+    """
+
+
+T = TypeVar("T")
 
 
 def env_int(name: str, default: int, minimum: int) -> int:
@@ -62,14 +75,14 @@ class Workers:
         if self.world_size == 1:
             return x
         y = x.detach().to(self.comm_device, copy=True)
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        self._collective("all_reduce", lambda: dist.all_reduce(y, op=dist.ReduceOp.SUM))
         return (y / self.world_size).to(x.device)
 
     def broadcast_(self, x: torch.Tensor) -> None:
         """Overwrite ``x`` with rank 0's value, in place."""
         if self.world_size > 1:
             y = x.detach().to(self.comm_device, copy=True)
-            dist.broadcast(y, src=0)
+            self._collective("broadcast", lambda: dist.broadcast(y, src=0))
             x.data.copy_(y.to(x.device))
 
     def any(self, flag: bool) -> bool:
@@ -77,8 +90,16 @@ class Workers:
         if self.world_size == 1:
             return flag
         y = torch.tensor([float(flag)], device=self.comm_device)
-        dist.all_reduce(y, op=dist.ReduceOp.MAX)
+        self._collective("all_reduce", lambda: dist.all_reduce(y, op=dist.ReduceOp.MAX))
         return bool(y.item() > 0)
+
+    def _collective(self, name: str, call: Callable[[], T]) -> T:
+        """Run one ``torch.distributed`` call; the backend's failure (gloo and nccl raise a
+        RuntimeError when a peer closes the connection or a collective times out) is a lost worker."""
+        try:
+            return call()
+        except RuntimeError as exc:
+            raise WorkerLostError(f"rank {self.rank}: {name} failed ({first_line(exc, 100)})") from exc
 
     def shard(self, num_tasks: int) -> tuple[int, int]:
         """``(first task, number of tasks)`` of this rank's share of the meta-batch."""

@@ -23,6 +23,7 @@ anything but a PPO baseline run is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,6 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -46,21 +46,17 @@ from .checkpoint import (
     CheckpointError,
     atomic_write_json,
     atomic_write_text,
-    checkpoint_path,
     first_line,
-    list_checkpoints,
     read_json,
     read_progress,
     read_yaml_mapping,
-    save_checkpoint,
-    write_run_json,
 )
-from .config import Config, ConfigError, check_memory, from_dict, make_distribution
+from .config import Config, ConfigError, EnvConfig, check_memory, make_distribution
 from .evaluation import EvalResult
 from .logging import ResumableCSVOutputFormat
 from .policies import ACTIVATIONS, ContextMLPPolicy, make_policy
-from .runs import load_run
-from .trainer import _flatten, library_versions, space_dims
+from .run_directory import RunDirectory, first_difference
+from .runs import load_run, space_dims
 
 MODEL_FILE = "ppo_model.zip"
 
@@ -146,14 +142,19 @@ def load_ppo_zip(path: Path, model: PPO, ppo: PPOSettings) -> None:
 
 
 def baseline_config(config: Config, oracle: bool) -> Config:
-    """The caml-rl config a PPO baseline run records: no context, fine-tuning on all weights."""
-    config.policy.context_size = 0
-    config.adaptation.partition = "all"
-    if oracle and config.env.name != "task_in_observation":
-        config.env.settings = {"base": config.env.name, "base_settings": dict(config.env.settings)}
-        config.env.name = "task_in_observation"
-    config.validate()
-    return config
+    """The caml-rl config a PPO baseline run records (a new one; ``config`` is not modified): no
+    context, fine-tuning on all weights, and with ``oracle`` the task in the observation."""
+    env = config.env
+    if oracle and env.name != "task_in_observation":
+        env = EnvConfig("task_in_observation", {"base": env.name, "base_settings": dict(env.settings)})
+    baseline = dataclasses.replace(
+        config,
+        env=env,
+        policy=dataclasses.replace(config.policy, context_size=0),
+        adaptation=dataclasses.replace(config.adaptation, partition="all"),
+    )
+    baseline.validate()
+    return baseline
 
 
 def build_ppo(config: Config, distribution: envs.TaskDistribution, ppo: PPOSettings) -> PPO:
@@ -220,11 +221,14 @@ class PPOBaselineRun:
         ppo.validate()
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        self.config, self.ppo = baseline_config(config, oracle), ppo
-        self.oracle = self.config.env.name == "task_in_observation"
+        config = baseline_config(config, oracle)
+        self.ppo = ppo
+        self.oracle = config.env.name == "task_in_observation"
         self.run_dir = Path(run_dir)
-        self.distribution = make_distribution(self.config.env)
-        self.config.env.settings = self.distribution.settings()
+        self.files = RunDirectory(self.run_dir)
+        self.distribution = make_distribution(config.env)
+        resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
+        self.config = dataclasses.replace(config, env=resolved_env)
         obs_dim, act_dim = space_dims(self.distribution)
         policy, horizon = self.config.policy, self.distribution.horizon
         check_memory(policy, obs_dim, act_dim, ppo.n_steps, (ppo.n_envs, 1), "cpu", "a PPO rollout", "--n-envs")
@@ -243,37 +247,36 @@ class PPOBaselineRun:
         if d.exists() and not d.is_dir():
             raise CheckpointError(f"--out {str(d)!r} is a file; expected a folder")
         if not (d / MODEL_FILE).exists():
-            if list_checkpoints(d):
+            if self.files.checkpoints():
                 raise ConfigError(
                     f"run directory {str(d)!r} already holds a run (checkpoints/ without {MODEL_FILE}); "
                     "give the baseline another --out"
                 )
             return False
-        if (d / "run.json").exists():
-            record = read_json(d / "run.json", "run record")
+        if self.files.record_file.exists():
+            record = read_json(self.files.record_file, "run record")
             if not isinstance(record, dict) or "baseline" not in record:
                 raise ConfigError(
                     f"run directory {str(d)!r} is not a PPO baseline run (its run.json names no baseline); "
                     "give the baseline another --out"
                 )
-        if (d / "config.yaml").exists():
+        if self.files.config_file.exists():
             try:
-                recorded_config = from_dict(Config, read_yaml_mapping(d / "config.yaml", "run config"))
+                recorded = self.files.recorded_config()
                 # settings added to the env since the run started are compared at their defaults
-                recorded_config.env.settings = make_distribution(recorded_config.env).settings()
+                settings = make_distribution(recorded.env).settings()
+                recorded = dataclasses.replace(recorded, env=dataclasses.replace(recorded.env, settings=settings))
             except (ConfigError, envs.TaskDistributionError) as exc:
-                raise CheckpointError(f"run config {str(d / 'config.yaml')!r} is damaged: {exc}") from None
-            recorded = _flatten(recorded_config.to_dict())
-            mine = _flatten(self.config.to_dict())
-            for key in sorted(mine.keys() | recorded.keys()):
-                a, b = mine.get(key, "<absent>"), recorded.get(key, "<absent>")
-                if key != "iterations" and a != b:
-                    raise ConfigError(
-                        f"baseline run {str(d)!r} was trained with {key}={b!r}, this command asks for {a!r}; "
-                        "resume with the same config and flags (--oracle too), or give another --out"
-                    )
-        if (d / "progress.csv").exists():
-            read_progress(d / "progress.csv")
+                raise CheckpointError(f"run config {str(self.files.config_file)!r} is damaged: {exc}") from None
+            difference = first_difference(self.config, recorded)
+            if difference is not None:
+                key, mine, theirs = difference
+                raise ConfigError(
+                    f"baseline run {str(d)!r} was trained with {key}={theirs!r}, this command asks for {mine!r}; "
+                    "resume with the same config and flags (--oracle too), or give another --out"
+                )
+        if self.files.progress_file.exists():
+            read_progress(self.files.progress_file)
         return True
 
     def _load_or_create(self) -> PPO:
@@ -310,32 +313,12 @@ class PPOBaselineRun:
         atomic_write_text(self.run_dir / "ppo_state.yaml", yaml.safe_dump(state))
         dist = self.distribution
         policy = copy_actor(self.model, make_policy(self.config.policy, dist.observation_space, dist.action_space))
-        path = checkpoint_path(self.run_dir, self.iteration)
-        save_checkpoint(
-            path,
-            {
-                "iteration": self.iteration,
-                "config": self.config.to_dict(),
-                "policy": policy.state_dict(),
-                "rng": {},
-                "env_steps": self.model.num_timesteps,
-                "wall_time": self.wall_time(),
-            },
-        )
-        return path
+        env_steps, wall_time = self.model.num_timesteps, self.wall_time()
+        return self.files.save(self.iteration, self.config, policy, rng={}, env_steps=env_steps, wall_time=wall_time)
 
     def write_run_record(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        record: dict[str, Any] = {
-            "baseline": "ppo_oracle" if self.oracle else "ppo",
-            "env": self.config.env.name,
-            "env_settings": self.distribution.settings(),
-            "task_names": list(self.distribution.task_names),
-            "ppo": vars(self.ppo),
-            "versions": library_versions(),
-        }
-        write_run_json(self.run_dir, record, self._resumed_from)
+        details = {"baseline": "ppo_oracle" if self.oracle else "ppo", "ppo": vars(self.ppo)}
+        self.files.write_record(self.config, self.distribution, details, self._resumed_from)
 
     def start_files(self) -> None:
         """Write the run record and attach progress.csv and tb/ to the logger, once: after the
@@ -361,7 +344,7 @@ class PPOBaselineRun:
         if not evaluate_at_end:
             return None
         result = load_run(self.run_dir).evaluate()
-        atomic_write_json(self.run_dir / "eval.json", result.to_dict())
+        atomic_write_json(self.files.eval_file, result.to_dict())
         if verbose:
             print(result.table())
         return result

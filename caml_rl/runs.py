@@ -1,9 +1,10 @@
-"""Loading a finished (or running) run, adapting its policy to a task, and acting with it."""
+"""A run in memory (config, policy, task distribution): evaluating it, adapting it to a task,
+acting with it. ``load_run`` reads one from its run directory; the trainer evaluates through it."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,22 @@ import torch
 
 from caml_rl import envs
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .config import Config, ConfigError, check_memory, from_dict, make_distribution
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, check_memory, make_distribution
 from .evaluation import EvalResult, adaptation_steps, evaluate
 from .partition import FastWeights, policy_forward, resolve_partition
 from .policies import ContextMLPPolicy, clip_bounds, make_policy
+from .run_directory import RunDirectory
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams
+
+
+def space_dims(distribution: envs.TaskDistribution) -> tuple[int, int]:
+    """(observation size, action size or number of discrete actions) of a task distribution."""
+    obs_dim = int(math.prod(distribution.observation_space.shape or (1,)))
+    space = distribution.action_space
+    act_dim = int(space.n) if hasattr(space, "n") else int(math.prod(space.shape or (1,)))
+    return obs_dim, act_dim
 
 
 @dataclass
@@ -30,6 +40,12 @@ class LoadedRun:
     partition: tuple[str, ...]
     iteration: int
     run_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def test_inner_lr(self) -> float:
+        """The inner step size at test time: ``evaluation.inner_lr``, else the training one."""
+        return self.config.evaluation.inner_lr or self.config.adaptation.inner_lr
 
     def evaluate(
         self,
@@ -41,14 +57,12 @@ class LoadedRun:
     ) -> EvalResult:
         """Return after 0..``steps`` inner steps on fresh tasks; ``None`` takes the run's config
         value, anything else is checked (a zero or non-finite value is an error, never a default)."""
-        from .trainer import space_dims
-
-        e, a = self.config.evaluation, self.config.adaptation
-        tasks = e.tasks if tasks is None else tasks
-        steps = e.steps if steps is None else steps
-        episodes = e.episodes if episodes is None else episodes
+        evaluation, adaptation = self.config.evaluation, self.config.adaptation
+        tasks = evaluation.tasks if tasks is None else tasks
+        steps = evaluation.steps if steps is None else steps
+        episodes = evaluation.episodes if episodes is None else episodes
         seed = self.config.seed if seed is None else seed
-        inner_lr = (e.inner_lr or a.inner_lr) if inner_lr is None else inner_lr
+        inner_lr = self.test_inner_lr if inner_lr is None else inner_lr
         for name, value, ok, allowed in (
             ("tasks", tasks, isinstance(tasks, int) and tasks >= 2, ">= 2"),
             ("steps", steps, isinstance(steps, int) and steps >= 0, ">= 0"),
@@ -60,9 +74,8 @@ class LoadedRun:
                 raise ConfigError(f"evaluate {name}={value!r} is out of range; allowed: {allowed}")
         obs_dim, act_dim = space_dims(self.distribution)
         horizon, batch = self.distribution.horizon, (tasks, episodes)
-        check_memory(
-            self.config.policy, obs_dim, act_dim, horizon, batch, "cpu", "this evaluation", "--tasks or --episodes"
-        )
+        lower = "--tasks or --episodes"
+        check_memory(self.config.policy, obs_dim, act_dim, horizon, batch, self.device, "this evaluation", lower)
         return evaluate(
             self.policy,
             self.distribution,
@@ -71,11 +84,12 @@ class LoadedRun:
             steps=steps,
             episodes=episodes,
             inner_lr=inner_lr,
-            gamma=a.gamma,
-            gae_lambda=a.gae_lambda,
+            gamma=adaptation.gamma,
+            gae_lambda=adaptation.gae_lambda,
             seed=seed,
+            device=self.device,
             env_name=self.config.env.name,
-            adapt_name=a.partition,
+            adapt_name=adaptation.partition,
             iteration=self.iteration,
         )
 
@@ -85,15 +99,22 @@ class LoadedRun:
         task_row = np.asarray(task, dtype=np.float64).reshape(1, -1)
         names = self.distribution.task_names
         if task_row.shape[1] != len(names):
-            raise ValueError(f"task {task!r} needs {len(names)} numbers: {', '.join(names)}")
-        a = self.config.adaptation
-        lr = self.config.evaluation.inner_lr or a.inner_lr
+            raise ConfigError(f"task {task!r} needs {len(names)} numbers: {', '.join(names)}")
+        adaptation = self.config.adaptation
         sampler = Sampler(self.distribution, 1, episodes, torch.device("cpu"))
         streams = make_streams(seed, EVAL_STREAM)
         returns = []
         try:
             for _, ep, fast in adaptation_steps(  # noqa: B007 (fast is the result)
-                self.policy, sampler, self.partition, task_row, steps, lr, a.gamma, a.gae_lambda, streams
+                self.policy,
+                sampler,
+                self.partition,
+                task_row,
+                steps,
+                self.test_inner_lr,
+                adaptation.gamma,
+                adaptation.gae_lambda,
+                streams,
             ):
                 returns.append(float(ep.task_returns()[0]))
         finally:
@@ -145,27 +166,14 @@ class AdaptedPolicy:
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
     """Load a run directory's newest checkpoint (or the given one) on the CPU."""
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir))
-    payload = load_checkpoint(path)
+    saved = RunDirectory(run_dir).load(checkpoint)
+    config = saved.config
     try:
-        config = from_dict(Config, payload["config"])
-        config.validate()
-        dist = make_distribution(config.env)
+        distribution = make_distribution(config.env)
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
-    policy = make_policy(config.policy, dist.observation_space, dist.action_space)
-    try:
-        policy.load_state_dict(payload["policy"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not match its config: {str(exc).splitlines()[0]}"
-        ) from None
+        raise CheckpointError(f"checkpoint {str(saved.path)!r} holds a config caml-rl rejects: {exc}") from None
+    policy = make_policy(config.policy, distribution.observation_space, distribution.action_space)
+    saved.load_policy(policy)
     policy.eval()
-    return LoadedRun(
-        config,
-        policy,
-        dist,
-        resolve_partition(policy, config.adaptation.partition),
-        int(payload["iteration"]),
-        Path(run_dir),
-    )
+    partition = resolve_partition(policy, config.adaptation.partition)
+    return LoadedRun(config, policy, distribution, partition, saved.iteration, Path(run_dir))

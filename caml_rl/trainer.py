@@ -11,86 +11,45 @@ leaves nothing behind, and a directory without checkpoints is not a run: a later
 
 from __future__ import annotations
 
-import math
-import platform
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from caml_rl import envs
 
 from .adaptation import adapt, advantages
-from .checkpoint import (
-    CheckpointError,
-    atomic_write_json,
-    atomic_write_text,
-    check_out_path,
-    checkpoint_path,
-    first_line,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    read_json,
-    read_progress,
-    read_yaml_mapping,
-    save_checkpoint,
-    write_run_json,
-)
-from .config import Config, ConfigError, check_memory, from_dict, make_distribution
-from .distributed import DistributedError, init_workers
-from .evaluation import EvalResult, evaluate
+from .checkpoint import CheckpointError, atomic_write_json, check_out_path, first_line, read_progress
+from .config import Config, ConfigError, check_memory, make_distribution
+from .distributed import DistributedError, WorkerLostError, init_workers
+from .evaluation import EvalResult
 from .logging import ProgressLine, make_logger
 from .meta import MetaBatch, meta_update
 from .partition import initial_fast_weights, resolve_partition
 from .policies import make_policy
+from .run_directory import Checkpoint, RunDirectory, first_difference
+from .runs import LoadedRun, space_dims
 from .sampler import Sampler
 from .seeding import TRAIN_STREAM, make_streams
 
 
-def space_dims(distribution: envs.TaskDistribution) -> tuple[int, int]:
-    """(observation size, action size or number of discrete actions) of a task distribution."""
-    obs_dim = int(math.prod(distribution.observation_space.shape or (1,)))
-    space = distribution.action_space
-    act_dim = int(space.n) if hasattr(space, "n") else int(math.prod(space.shape or (1,)))
-    return obs_dim, act_dim
-
-
-def check_run_files(run_dir: Path, checkpoint: Path, config: Config) -> None:
+def check_run_files(run: RunDirectory, checkpoint: Path, config: Config) -> None:
     """Before a resume writes anything: the checkpoint must agree with the run's config.yaml
     (apart from ``iterations``, which a resume may extend), and progress.csv and run.json must
     be readable, so that a resume which would fail fails before touching the run."""
-    recorded_path = run_dir / "config.yaml"
-    if recorded_path.exists():
-        data = read_yaml_mapping(recorded_path, "run config")
-        try:
-            recorded = from_dict(Config, data).to_dict()
-        except ConfigError as exc:
-            raise CheckpointError(f"run config {str(recorded_path)!r} is damaged: {exc}") from None
-        mine, theirs = _flatten(config.to_dict()), _flatten(recorded)
-        for key in sorted(mine.keys() | theirs.keys()):
-            a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
-            if key != "iterations" and a != b:
-                raise CheckpointError(
-                    f"checkpoint {str(checkpoint)!r} does not belong to this run: it has {key}={a!r}, the run's "
-                    f"config.yaml has {b!r} (a checkpoint copied from another run, or an edited config.yaml?)"
-                )
-    if (run_dir / "progress.csv").exists():
-        read_progress(run_dir / "progress.csv")
-    if (run_dir / "run.json").exists() and not isinstance(read_json(run_dir / "run.json", "run record"), dict):
-        raise CheckpointError(f"run record {str(run_dir / 'run.json')!r} is not a JSON object; fix or delete it")
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; tuples compare as lists (YAML has no tuples)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): list(data) if isinstance(data, tuple) else data}
+    recorded = run.recorded_config()
+    difference = first_difference(config, recorded) if recorded is not None else None
+    if difference is not None:
+        key, mine, theirs = difference
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint)!r} does not belong to this run: it has {key}={mine!r}, the run's "
+            f"config.yaml has {theirs!r} (a checkpoint copied from another run, or an edited config.yaml?)"
+        )
+    if run.progress_file.exists():
+        read_progress(run.progress_file)
+    run.read_record()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,31 +61,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def library_versions() -> dict[str, str]:
-    import gymnasium
-    import mujoco
-    import numpy
-    import stable_baselines3
-
-    from . import __version__
-
-    return {
-        "caml_rl": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "gymnasium": gymnasium.__version__,
-        "mujoco": mujoco.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-    }
-
-
 class Trainer:
     """Meta-trains one policy; ``Trainer.resume(run_dir)`` continues an interrupted run."""
 
     def __init__(self, config: Config, run_dir: str | Path):
+        """``config`` is not modified: the trainer keeps a copy with every env setting filled in."""
         config.validate()
-        self.config, self.run_dir = config, Path(run_dir)
+        self.run_dir = Path(run_dir)
+        self.files = RunDirectory(self.run_dir)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.workers, self.device = init_workers(resolve_device(config.device))
@@ -137,7 +79,9 @@ class Trainer:
             )
         self.distribution = make_distribution(config.env)
         envs.validate(self.distribution)  # a broken env fails here, with one line, not mid-training
-        config.env.settings = self.distribution.settings()  # record every setting, defaults included
+        # record every setting, defaults included
+        resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
+        self.config = dataclasses.replace(config, env=resolved_env)
         self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
         self.check_memory()
         torch.manual_seed(config.seed)  # weight initialisation
@@ -152,13 +96,13 @@ class Trainer:
     def check_memory(self) -> None:
         """Refuse a batch that cannot fit before anything is allocated or written."""
         obs_dim, act_dim = space_dims(self.distribution)
-        c, horizon = self.config, self.distribution.horizon
+        config, horizon = self.config, self.distribution.horizon
         lower = "env.settings.horizon, meta_batch_size, episodes_per_task or policy.hidden_sizes"
-        batch = (self.local_tasks, c.episodes_per_task)
-        check_memory(c.policy, obs_dim, act_dim, horizon, batch, self.device, "one meta-iteration", lower)
+        batch = (self.local_tasks, config.episodes_per_task)
+        check_memory(config.policy, obs_dim, act_dim, horizon, batch, self.device, "one meta-iteration", lower)
         lower = "evaluation.tasks, evaluation.episodes or env.settings.horizon"
-        batch = (c.evaluation.tasks, c.evaluation.episodes)
-        check_memory(c.policy, obs_dim, act_dim, horizon, batch, self.device, "the evaluation", lower)
+        batch = (config.evaluation.tasks, config.evaluation.episodes)
+        check_memory(config.policy, obs_dim, act_dim, horizon, batch, self.device, "the evaluation", lower)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
@@ -166,62 +110,48 @@ class Trainer:
         """Rebuild a trainer from a run directory's newest checkpoint, after checking that the
         checkpoint belongs to the run (agrees with its config.yaml) and that the run's files can
         be continued; nothing is written here."""
-        run_dir = Path(run_dir)
-        path = latest_checkpoint(run_dir)
-        payload = load_checkpoint(path)
-        try:
-            config = from_dict(Config, payload["config"])
-            config.validate()
-        except ConfigError as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
-        check_run_files(run_dir, path, config)
+        run = RunDirectory(run_dir)
+        saved = run.load()
+        check_run_files(run, saved.path, saved.config)
+        config = saved.config
         if iterations is not None:
             if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
                 raise ConfigError(f"--iterations {iterations!r} is out of range; allowed: >= 0")
-            config.iterations = iterations
+            config = dataclasses.replace(config, iterations=iterations)
         trainer = cls(config, run_dir)
-        trainer.load_state(payload, path)
+        trainer.load_state(saved)
         return trainer
 
-    def load_state(self, payload: dict[str, Any], path: Path | str = "checkpoint") -> None:
-        try:
-            self.policy.load_state_dict(payload["policy"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this config's policy: {str(exc).splitlines()[0]}"
-            ) from None
-        rng = payload["rng"]
+    def load_state(self, saved: Checkpoint) -> None:
+        """Weights, iteration, counters and every random stream of ``saved``."""
+        saved.load_policy(self.policy)
+        rng = saved.payload["rng"]
         missing = [k for k in ("tasks", "env", "actions") if k not in rng]
         if missing:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} has no random-stream state for {', '.join(missing)}, so training cannot "
-                "continue from it (a PPO baseline's checkpoint? continue those with `caml-rl baseline --out`)"
+                f"checkpoint {str(saved.path)!r} has no random-stream state for {', '.join(missing)}, so training "
+                "cannot continue from it (a PPO baseline's checkpoint? continue those with `caml-rl baseline --out`)"
             )
         try:
             self.streams.load_state(rng)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} has damaged random-stream state ({first_line(exc, 80)})"
+                f"checkpoint {str(saved.path)!r} has damaged random-stream state ({first_line(exc, 80)})"
             ) from None
-        self.iteration = int(payload["iteration"])
+        self.iteration = saved.iteration
         self.resumed_from = self.iteration
-        self.env_steps = int(payload.get("env_steps", 0))
-        self.wall_time = float(payload.get("wall_time", 0.0))
+        self.env_steps = int(saved.payload.get("env_steps", 0))
+        self.wall_time = float(saved.payload.get("wall_time", 0.0))
 
     def save(self) -> Path:
-        path = checkpoint_path(self.run_dir, self.iteration)
-        save_checkpoint(
-            path,
-            {
-                "iteration": self.iteration,
-                "config": self.config.to_dict(),
-                "policy": self.policy.state_dict(),
-                "rng": self.streams.state(),
-                "env_steps": self.env_steps,
-                "wall_time": self.wall_time,
-            },
+        return self.files.save(
+            self.iteration,
+            self.config,
+            self.policy,
+            rng=self.streams.state(),
+            env_steps=self.env_steps,
+            wall_time=self.wall_time,
         )
-        return path
 
     def make_sampler(self) -> Sampler:
         """The sampler for this worker's share of the meta-batch."""
@@ -230,18 +160,12 @@ class Trainer:
 
     def write_run_record(self) -> None:
         """config.yaml and run.json (a resume appends its command to run.json's ``resumes``)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {
-            "env": self.config.env.name,
-            "env_settings": self.distribution.settings(),
-            "task_names": list(self.distribution.task_names),
+        details = {
             "partition": list(self.partition),
             "device": str(self.device),
             "workers": self.workers.world_size,
-            "versions": library_versions(),
         }
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        write_run_json(self.run_dir, record, self.resumed_from)
+        self.files.write_record(self.config, self.distribution, details, self.resumed_from)
 
     def check_run_dir(self) -> None:
         """A new run needs a writable folder without checkpoints. Collective: when any worker
@@ -249,7 +173,7 @@ class Trainer:
         problem: Exception | None = None
         try:
             check_out_path(self.run_dir, "run directory", folder=True)
-            if self.resumed_from is None and list_checkpoints(self.run_dir):
+            if self.resumed_from is None and self.files.checkpoints():
                 raise ConfigError(
                     f"run directory {str(self.run_dir)!r} already has checkpoints; "
                     f"use --resume {self.run_dir} or another --out"
@@ -262,28 +186,39 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def iterate(self) -> dict[str, Any]:
         """One meta-iteration; returns its metrics."""
-        cfg, n, w = self.config, self.local_tasks, self.workers
+        config, workers = self.config, self.workers
         t0 = time.perf_counter()
-        all_tasks = self.distribution.sample_tasks(self.streams.tasks, cfg.meta_batch_size)  # same on every rank
-        tasks = all_tasks[self.first_task : self.first_task + n]
-        start = initial_fast_weights(self.policy, self.partition, n)
+        all_tasks = self.distribution.sample_tasks(self.streams.tasks, config.meta_batch_size)  # same on every rank
+        tasks = all_tasks[self.first_task : self.first_task + self.local_tasks]
+        start = initial_fast_weights(self.policy, self.partition, self.local_tasks)
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
         t_pre = time.perf_counter() - t0
-        a = cfg.adaptation
-        pre_adv = advantages(pre, a.gamma, a.gae_lambda)
+        adaptation = config.adaptation
+        pre_adv = advantages(pre, adaptation.gamma, adaptation.gae_lambda)
         # differentiable in the shared weights: the meta-update reuses this graph
-        fast = adapt(self.policy, start, pre, pre_adv, a.inner_lr, a.inner_steps, create_graph=not a.first_order)
+        fast = adapt(
+            self.policy,
+            start,
+            pre,
+            pre_adv,
+            adaptation.inner_lr,
+            adaptation.inner_steps,
+            create_graph=not adaptation.first_order,
+        )
         t1 = time.perf_counter()
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
         sampling = t_pre + time.perf_counter() - t1
-        post_adv = advantages(post, a.gamma, a.gae_lambda)
+        post_adv = advantages(post, adaptation.gamma, adaptation.gae_lambda)
         batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast)
-        stats = meta_update(self.policy, self.partition, batch, a, cfg.trpo, self.streams.actions, w.average)
+        stats = meta_update(
+            self.policy, self.partition, batch, adaptation, config.trpo, self.streams.actions, workers.average
+        )
         for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not
-            w.broadcast_(p)
+            workers.broadcast_(p)
         self.iteration += 1
-        returns = w.average(torch.stack([pre.task_returns().mean(), post.task_returns().mean()]).double().cpu())
-        self.env_steps += int(w.average(torch.tensor(float(pre.num_steps + post.num_steps))) * w.world_size)
+        returns = workers.average(torch.stack([pre.task_returns().mean(), post.task_returns().mean()]).double().cpu())
+        steps = workers.average(torch.tensor(float(pre.num_steps + post.num_steps)))
+        self.env_steps += int(steps * workers.world_size)
         seconds = time.perf_counter() - t0
         self.wall_time += seconds
         metrics = {
@@ -306,7 +241,8 @@ class Trainer:
         if "context" in fast:
             metrics["adaptation/context_norm"] = float(fast["context"].detach().norm(dim=-1).mean())
         if pre.success is not None:
-            success = w.average(torch.stack([pre.task_success().mean(), post.task_success().mean()]).double().cpu())
+            success = torch.stack([pre.task_success().mean(), post.task_success().mean()]).double().cpu()
+            success = workers.average(success)
             metrics["success/before_adaptation"], metrics["success/after_adaptation"] = map(float, success)
         return metrics
 
@@ -315,23 +251,21 @@ class Trainer:
 
         The run's files are written only after the first iteration succeeded (see the module
         docstring), so a run that fails before that leaves the directory as it was."""
-        cfg, main = self.config, self.workers.is_main
+        config, main = self.config, self.workers.is_main
         self.check_run_dir()
         logger = None
-        progress = ProgressLine(cfg.iterations, start=self.iteration)
+        progress = ProgressLine(config.iterations, start=self.iteration)
         self.sampler = self.make_sampler()
         try:
-            while self.iteration < cfg.iterations:
+            while self.iteration < config.iterations:
                 try:
                     metrics = self.iterate()
-                except RuntimeError as exc:
-                    if self.workers.world_size == 1:
-                        raise
+                except WorkerLostError as exc:
                     raise DistributedError(
                         f"rank {self.workers.rank} lost the other workers at iteration {self.iteration + 1} "
-                        f"({str(exc).splitlines()[0][:100]}); the last checkpoint in {self.run_dir} is intact: "
-                        "resume with the same torchrun command and --resume"
-                    ) from None
+                        f"({first_line(exc.__cause__ or exc, 100)}); the last checkpoint in {self.run_dir} is "
+                        "intact: resume with the same torchrun command and --resume"
+                    ) from exc
                 if not main:
                     continue
                 if logger is None:  # the first iteration worked: now the run's files may be written
@@ -342,13 +276,13 @@ class Trainer:
                 logger.dump(step=self.iteration)
                 if not quiet:
                     progress.update(self.iteration, metrics)
-                if self.iteration % cfg.checkpoint_every == 0:
+                if self.iteration % config.checkpoint_every == 0:
                     self.save()
         finally:
             self.sampler.close()
             if logger is not None:
                 logger.close()
-        if main and not checkpoint_path(self.run_dir, self.iteration).exists():
+        if main and not self.files.checkpoint_path(self.iteration).exists():
             if logger is None:  # no iteration ran (iterations=0, or a resume already at its end)
                 self.write_run_record()
             self.save()
@@ -356,31 +290,15 @@ class Trainer:
         if not evaluate_at_end or not main:
             return None
         result = self.evaluate()
-        atomic_write_json(self.run_dir / "eval.json", result.to_dict())
+        atomic_write_json(self.files.eval_file, result.to_dict())
         if not quiet:
             print(f"\nevaluation on {result.num_tasks} new tasks ({result.env}, adapt={result.adapt}):")
             print(result.table())
         return result
 
     def evaluate(self, **overrides: Any) -> EvalResult:
-        e, a = self.config.evaluation, self.config.adaptation
-        kwargs = {
-            "num_tasks": e.tasks,
-            "steps": e.steps,
-            "episodes": e.episodes,
-            "inner_lr": e.inner_lr or a.inner_lr,
-            "seed": self.config.seed,
-        }
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return evaluate(
-            self.policy,
-            self.distribution,
-            self.partition,
-            gamma=a.gamma,
-            gae_lambda=a.gae_lambda,
-            device=self.device,
-            env_name=self.config.env.name,
-            adapt_name=self.config.adaptation.partition,
-            iteration=self.iteration,
-            **kwargs,
+        """The evaluation of ``LoadedRun.evaluate`` (same keyword overrides) on the trained policy."""
+        run = LoadedRun(
+            self.config, self.policy, self.distribution, self.partition, self.iteration, self.run_dir, self.device
         )
+        return run.evaluate(**overrides)

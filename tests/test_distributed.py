@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from caml_rl.checkpoint import latest_checkpoint, load_checkpoint
+from caml_rl.distributed import Workers
 
 # cg_damping 0.1: with the reference 1e-5 the tiny test problem's Fisher matrix is so badly
 # conditioned that conjugate gradient amplifies float rounding (summation order differs between
@@ -115,3 +117,47 @@ def test_a_dead_worker_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     assert proc.returncode != 0
     payload = load_checkpoint(latest_checkpoint(run))  # the newest checkpoint is whole
     assert payload["iteration"] >= 1
+
+
+def test_a_failed_collective_is_a_lost_worker():
+    from caml_rl.distributed import WorkerLostError, Workers
+
+    def reset_by_peer():
+        raise RuntimeError("[gloo] Read error: Connection reset by peer")
+
+    with pytest.raises(WorkerLostError, match="rank 1: all_reduce failed .*Connection reset by peer") as info:
+        Workers(rank=1, world_size=2)._collective("all_reduce", reset_by_peer)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+class _TwoWorkers(Workers):
+    """Two workers as far as the trainer can tell, without a process group."""
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+
+def test_only_a_lost_worker_is_reported_as_one(tmp_path, monkeypatch):
+    from caml_rl.config import load_config
+    from caml_rl.distributed import DistributedError, WorkerLostError
+    from caml_rl.trainer import Trainer
+
+    config = load_config(None, ["meta_batch_size=2", "episodes_per_task=2", "env.settings.horizon=5", "device=cpu"])
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.workers = _TwoWorkers(rank=0, world_size=2)
+
+    def out_of_memory():
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(trainer, "iterate", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as info:
+        trainer.train(quiet=True)
+    assert not isinstance(info.value, DistributedError)  # this worker's own error, as itself
+
+    def lost():
+        raise WorkerLostError("rank 0: all_reduce failed (Connection reset by peer)")
+
+    monkeypatch.setattr(trainer, "iterate", lost)
+    with pytest.raises(DistributedError, match="rank 0 lost the other workers at iteration 1 .*intact"):
+        trainer.train(quiet=True)
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -1,0 +1,218 @@
+"""One run directory, written and read in one place by the trainer, the PPO baseline and ``load_run``.
+
+```
+RUN_DIR/config.yaml   run.json   progress.csv   tb/   checkpoints/iter_NNNNNN.pt   eval.json
+```
+
+A checkpoint's payload (weights, iteration, resolved config, random streams, counters) and the
+run record (config.yaml + run.json) have one writer each here, so a meta-trained run and a PPO
+baseline are the same kind of directory to every reader.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from caml_rl import envs
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_json,
+    read_yaml_mapping,
+    save_checkpoint,
+)
+from .config import Config, ConfigError, from_dict
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read back: its file, its config (validated) and the rest of its payload."""
+
+    path: Path
+    config: Config
+    payload: dict[str, Any]
+
+    @property
+    def iteration(self) -> int:
+        return int(self.payload["iteration"])
+
+    def load_policy(self, policy: torch.nn.Module) -> None:
+        """Copy the saved weights into ``policy``; a shape or name mismatch is one line naming the file."""
+        try:
+            policy.load_state_dict(self.payload["policy"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} does not fit its config's policy: {str(exc).splitlines()[0]}"
+            ) from None
+
+
+class RunDirectory:
+    """The files of one run. Nothing is written until a method that writes is called."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def record_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def progress_file(self) -> Path:
+        return self.path / "progress.csv"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.json"
+
+    def checkpoint_path(self, iteration: int) -> Path:
+        return checkpoint_path(self.path, iteration)
+
+    def checkpoints(self) -> list[Path]:
+        return list_checkpoints(self.path)
+
+    # ------------------------------------------------------------------ checkpoints
+    def load(self, checkpoint: str | Path | None = None) -> Checkpoint:
+        """The given checkpoint file, or the newest one; its config must pass validation."""
+        path = Path(checkpoint) if checkpoint else latest_checkpoint(self.path)
+        payload = load_checkpoint(path)
+        try:
+            config = from_dict(Config, payload["config"])
+            config.validate()
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
+        return Checkpoint(path, config, payload)
+
+    def save(
+        self,
+        iteration: int,
+        config: Config,
+        policy: torch.nn.Module,
+        *,
+        rng: dict[str, Any],
+        env_steps: int,
+        wall_time: float,
+    ) -> Path:
+        """Write ``checkpoints/iter_NNNNNN.pt`` atomically; ``rng`` is empty for a run that cannot resume from it."""
+        path = self.checkpoint_path(iteration)
+        save_checkpoint(
+            path,
+            {
+                "iteration": iteration,
+                "config": config.to_dict(),
+                "policy": policy.state_dict(),
+                "rng": rng,
+                "env_steps": env_steps,
+                "wall_time": wall_time,
+            },
+        )
+        return path
+
+    # ------------------------------------------------------------------ run record
+    def recorded_config(self) -> Config | None:
+        """config.yaml as a Config (None when there is none yet); a damaged one is one line."""
+        if not self.config_file.exists():
+            return None
+        data = read_yaml_mapping(self.config_file, "run config")
+        try:
+            return from_dict(Config, data)
+        except ConfigError as exc:
+            raise CheckpointError(f"run config {str(self.config_file)!r} is damaged: {exc}") from None
+
+    def read_record(self) -> dict[str, Any] | None:
+        """run.json (None when there is none yet); it must be a JSON object."""
+        if not self.record_file.exists():
+            return None
+        record = read_json(self.record_file, "run record")
+        if not isinstance(record, dict):
+            raise CheckpointError(f"run record {str(self.record_file)!r} is not a JSON object; fix or delete it")
+        return record
+
+    def write_record(
+        self,
+        config: Config,
+        distribution: envs.TaskDistribution,
+        details: dict[str, Any],
+        resumed_from: int | None = None,
+    ) -> None:
+        """Write config.yaml and run.json (env, its settings and task names, ``details``, library
+        versions, the command). A resumed run keeps the command that started it and appends its
+        own, with the iteration it resumed from, to ``resumes``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        record: dict[str, Any] = {
+            "env": config.env.name,
+            "env_settings": distribution.settings(),
+            "task_names": list(distribution.task_names),
+            **details,
+            "versions": library_versions(),
+            "command": sys.argv,
+        }
+        if resumed_from is not None and self.record_file.is_file():
+            old = read_json(self.record_file, "run record")
+            old = old if isinstance(old, dict) else {}
+            if "command" in old:
+                record["command"] = old["command"]
+            else:
+                record.pop("command")
+            resumes = old.get("resumes") if isinstance(old.get("resumes"), list) else []
+            now = datetime.now().isoformat(timespec="seconds")
+            record["resumes"] = [*resumes, {"command": sys.argv, "iteration": resumed_from, "time": now}]
+        atomic_write_json(self.record_file, record)
+
+
+def first_difference(config: Config, recorded: Config) -> tuple[str, Any, Any] | None:
+    """The first dotted key (sorted) where two configs differ, as ``(key, config's, recorded's)``;
+    ``iterations`` is ignored (a resume may extend it). None when they agree."""
+    mine, theirs = _flatten(config.to_dict()), _flatten(recorded.to_dict())
+    for key in sorted(mine.keys() | theirs.keys()):
+        a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
+        if key != "iterations" and a != b:
+            return key, a, b
+    return None
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; tuples compare as lists (YAML has no tuples)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): list(data) if isinstance(data, tuple) else data}
+
+
+def library_versions() -> dict[str, str]:
+    import gymnasium
+    import mujoco
+    import numpy
+    import stable_baselines3
+
+    from . import __version__
+
+    return {
+        "caml_rl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+    }
