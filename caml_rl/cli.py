@@ -1,7 +1,7 @@
-"""The ``caml-rl`` command. Thin: parses, validates, calls the Python API.
+"""The ``caml-rl`` command. Thin: parses, checks flags, calls the Python API.
 
-Every user error (bad config, bad value, missing run, damaged checkpoint) ends in one line on
-stderr and exit status 2, never a traceback.
+A failure ends as :mod:`caml_rl.errors` decides by its type: caml-rl's own errors in one line
+(exit status 2), anything else with its traceback and a request to report it.
 """
 
 from __future__ import annotations
@@ -10,31 +10,34 @@ import argparse
 import math
 import os
 import sys
-import traceback
-import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import CheckpointError, RunDirectoryWarning, atomic_write_json, check_out_path
+from .checkpoint import atomic_write_json, check_out_path
 from .config import ConfigError, load_config
-from .distributed import DistributedError, launched_by_torchrun, rank_from_env
-from .partition import PartitionError
-from .visualize import add_visualize_command, cmd_visualize
+from .distributed import launched_by_torchrun, rank_from_env
+from .errors import exit_status, show_warnings_in_one_line
 
-USER_ERRORS = (ConfigError, CheckpointError, PartitionError, ValueError, FileNotFoundError, DistributedError)
+AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+SEED = (lambda v: 0 <= v < 2**63, "an integer >= 0")
+SET_HELP = "override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)"
+
+
+def check_ranges(args: argparse.Namespace, **rules: tuple[Callable[[Any], bool], str]) -> None:
+    """Before any work: one line for the first given flag outside its range, in ``rules``' order."""
+    for key, (ok, allowed) in rules.items():
+        value = getattr(args, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{key.replace('_', '-')} {value} is out of range; allowed: {allowed}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a policy (default: CAML on 2D navigation)")
     p.add_argument("config", nargs="?", help="YAML config (see experiments/configs/); defaults if omitted")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)",
-    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--out", help="run directory (default: runs/<env>_<partition>_<time>)")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     p.add_argument("--device", help="shortcut for --set device=D (cpu, cuda, auto)")
@@ -82,9 +85,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     from .benchmark import run_benchmark
 
-    for key in ("tasks", "episodes", "horizon", "iterations"):
-        if getattr(args, key) < 1:
-            raise ConfigError(f"--{key} {getattr(args, key)} is out of range; allowed: >= 1")
+    check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1, horizon=AT_LEAST_1, iterations=AT_LEAST_1)
     if any(n < 1 for n in args.worlds or []):
         raise ConfigError(f"--worlds {min(args.worlds)} is out of range; allowed: >= 1")
     result = run_benchmark(
@@ -121,8 +122,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .sweep import sweep
 
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} is out of range; allowed: >= 1")
+    check_ranges(args, jobs=AT_LEAST_1)
     sweep(args.suite, args.jobs, args.only, args.dry_run)
 
 
@@ -132,7 +132,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
         help="train an SB3 PPO baseline on a task distribution (fine-tuned at test time, or --oracle)",
     )
     p.add_argument("config", nargs="?", help="YAML config giving env, policy architecture and evaluation")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--out", required=True, help="run directory (resumed if it already holds ppo_model.zip)")
     p.add_argument("--oracle", action="store_true", help="give PPO the task parameters in its observation")
     p.add_argument("--timesteps", type=int, default=2_000_000, help="PPO env steps (default: 2,000,000)")
@@ -167,8 +167,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import report
 
-    if args.steps < 0:
-        raise ConfigError(f"--steps {args.steps} is out of range; allowed: >= 0")
+    check_ranges(args, steps=AT_LEAST_0)
     for path in report(args.run_dirs, args.out, args.steps, args.x_key):
         print(f"wrote {path}")
     print((Path(args.out) / "results.md").read_text())
@@ -180,8 +179,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.config or args.overrides or args.out:
             raise ConfigError("--resume takes its config from the run; only --iterations may change it")
-        if args.iterations is not None and args.iterations < 0:
-            raise ConfigError(f"--iterations {args.iterations} is out of range; allowed: >= 0")
+        check_ranges(args, iterations=AT_LEAST_0)
         trainer = Trainer.resume(args.resume, iterations=args.iterations)
         if trainer.workers.is_main:
             print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
@@ -214,17 +212,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ``--overwrite`` says so; every flag is checked before the (possibly long) evaluation."""
     from .runs import load_run
 
-    for key in ("tasks", "steps", "episodes"):
-        value = getattr(args, key)
-        if value is not None and value < (2 if key == "tasks" else 0 if key == "steps" else 1):
-            raise ConfigError(
-                f"--{key} {value} is out of range; allowed: "
-                + {"tasks": ">= 2", "steps": ">= 0", "episodes": ">= 1"}[key]
-            )
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        raise ConfigError(f"--seed {args.seed} is out of range; allowed: an integer >= 0")
-    if args.inner_lr is not None and not (math.isfinite(args.inner_lr) and args.inner_lr > 0):
-        raise ConfigError(f"--inner-lr {args.inner_lr} is out of range; allowed: a finite number > 0")
+    positive = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+    check_ranges(args, tasks=(lambda v: v >= 2, ">= 2"), steps=AT_LEAST_0, episodes=AT_LEAST_1, seed=SEED)
+    check_ranges(args, inner_lr=positive)
     out = check_out_path(args.out or Path(args.run_dir) / "eval.json", "--out", folder=False)
     if out.exists() and not args.overwrite:
         which = "the run's training-time evaluation" if not args.out else "it exists"
@@ -240,6 +230,83 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     print(result.table())
     print(f"wrote {out}")
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="figures and videos of the adapted policy after each inner step")
+    p.add_argument("run_dir")
+    p.add_argument("--tasks", type=int, help="number of test tasks to show (default 4; evaluation's seed stream)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one given task instead, e.g. --task goal_x=0.3 --task goal_y=-0.2 (every key of the env)",
+    )
+    p.add_argument("--steps", type=int, nargs="+", default=[0, 1, 2, 3], help="inner steps to show (default 0 1 2 3)")
+    p.add_argument("--episodes", type=int, help="episodes per task and step (default: evaluation.episodes)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/visualize)")
+    p.add_argument(
+        "--format", dest="fmt", choices=["mp4", "gif"], default="mp4", help="video format (envs that render)"
+    )
+    p.add_argument("--seed", type=int, help="seed of the test tasks and episodes (default: the run's seed)")
+    p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
+
+
+def parse_task(items: list[str], names: tuple[str, ...], env: str) -> list[float]:
+    """``["goal_x=0.3", "goal_y=-0.2"]`` -> ``[0.3, -0.2]`` in ``names`` order, or one line naming
+    the bad item and the allowed keys."""
+    allowed = ", ".join(names)
+    values: dict[str, float] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--task {item!r} is not KEY=VALUE; allowed keys for env {env!r}: {allowed}")
+        if key not in names:
+            raise ConfigError(f"--task key {key!r} is unknown for env {env!r}; allowed: {allowed}")
+        if key in values:
+            raise ConfigError(f"--task key {key!r} is given twice; give each of {allowed} once")
+        try:
+            values[key] = float(text)
+        except ValueError:
+            raise ConfigError(f"--task {key}={text!r} is not a number") from None
+        if not math.isfinite(values[key]):
+            raise ConfigError(f"--task {key}={text!r} is not finite")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ConfigError(f"--task lacks {', '.join(missing)} for env {env!r}; give every one of: {allowed}")
+    return [values[n] for n in names]
+
+
+def cmd_visualize(args: argparse.Namespace) -> list[Path]:
+    from .runs import load_run
+    from .visualize import visualize
+
+    if args.task and args.tasks is not None:
+        raise ConfigError("give either --tasks N or --task KEY=VALUE ..., not both")
+    check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1)
+    bad_steps = [s for s in args.steps if not 0 <= s <= 50]
+    if bad_steps:
+        raise ConfigError(f"--steps {bad_steps[0]} is out of range; allowed: integers from 0 to 50")
+    check_ranges(args, seed=SEED)
+    if args.out:
+        check_out_path(args.out, "--out", folder=True)
+    run = load_run(args.run_dir, args.checkpoint)
+    task = parse_task(args.task, run.distribution.task_names, run.config.env.name) if args.task else None
+    paths = visualize(
+        run,
+        tasks=args.tasks or 4,
+        task=task,
+        steps=args.steps,
+        out=args.out,
+        fmt=args.fmt,
+        seed=args.seed,
+        episodes=args.episodes,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
 
 
 def cmd_envs(args: argparse.Namespace) -> None:
@@ -264,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_report(sub)
     _add_baseline(sub)
-    add_visualize_command(sub)
+    _add_visualize(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     for command in sub.choices.values():  # every command may need a user's task distributions
         command.add_argument(
@@ -292,42 +359,14 @@ COMMANDS = {
 }
 
 
-def _one_line_warnings() -> None:
-    """Show caml-rl's own warnings (e.g. stray files ignored in checkpoints/) as one line."""
-    show = warnings.showwarning
-    if getattr(show, "caml_rl", False):
-        return
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, RunDirectoryWarning):
-            print(f"caml-rl: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    showwarning.caml_rl = True  # type: ignore[attr-defined]
-    warnings.showwarning = showwarning
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _one_line_warnings()
+    show_warnings_in_one_line()
     try:
         if args.imports or os.environ.get("CAML_RL_IMPORT"):
             from caml_rl.envs import import_user_modules
 
             import_user_modules(args.imports)
         COMMANDS[args.command](args)
-    except USER_ERRORS as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"caml-rl: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:  # a file that cannot be read or written: name it, no traceback
-        if args.debug:
-            traceback.print_exc()
-        where = f" {str(exc.filename)!r}" if exc.filename else ""
-        print(f"caml-rl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("caml-rl: interrupted; resume with `caml-rl train --resume RUN_DIR`", file=sys.stderr)
-        sys.exit(130)
+    except (Exception, KeyboardInterrupt) as exc:
+        sys.exit(exit_status(exc, args.debug))

@@ -17,6 +17,7 @@ import numpy as np
 from .checkpoint import CheckpointError, atomic_write_text, check_out_path, read_json, read_progress, read_yaml_mapping
 from .config import ConfigError
 from .evaluation import mean_ci95
+from .visualize.curves import draw_returns, progress_column
 
 SEED_SUFFIX = re.compile(r"_seed\d+$")
 
@@ -76,17 +77,6 @@ def _row_at(progress: list[dict], iteration: int) -> dict:
     return next((r for r in progress if r.get("iteration") and int(float(r["iteration"])) == iteration), progress[-1])
 
 
-def _col(rows: list[dict], key: str) -> list[float]:
-    """A numeric progress column; a missing or non-numeric cell counts as NaN (shown as nan)."""
-    out = []
-    for r in rows:
-        try:
-            out.append(float(r.get(key) or "nan"))
-        except ValueError:
-            out.append(float("nan"))
-    return out
-
-
 def group_row(g: RunGroup, steps: int) -> dict:
     per_step = []
     for k in range(steps + 1):
@@ -100,8 +90,8 @@ def group_row(g: RunGroup, steps: int) -> dict:
         "seeds": len(g.runs),
         "tasks": sum(e["num_tasks"] for e in g.evals),
         "iterations": sorted({e["iteration"] for e in g.evals}),
-        "env_steps": float(np.mean(_col(last, "time/env_steps"))) if last else float("nan"),
-        "wall_hours": float(np.mean(_col(last, "time/total_seconds"))) / 3600 if last else float("nan"),
+        "env_steps": float(np.mean(progress_column(last, "time/env_steps"))) if last else float("nan"),
+        "wall_hours": float(np.mean(progress_column(last, "time/total_seconds"))) / 3600 if last else float("nan"),
         "returns": [m for m, _ in per_step],
         "ci95": [c for _, c in per_step],
     }
@@ -136,19 +126,13 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
 
     paths = []
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    for g in groups:
-        meta = [p for p in g.progress if p and "return/after_adaptation" in p[0]]  # baselines have no such curve
-        curves = [np.array(_col(p, "return/after_adaptation")) for p in meta]
-        if not curves:
+    for group in groups:
+        meta = [p for p in group.progress if p and "return/after_adaptation" in p[0]]  # baselines have no such curve
+        if not meta:
             continue
-        n = min(map(len, curves))
-        stack = np.stack([c[:n] for c in curves])
-        it = np.arange(1, n + 1)
-        ax.plot(it, stack.mean(0), label=f"{g.label} (after 1 step, {len(curves)} seed(s))")
-        if len(curves) > 1:
-            ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.2)
-        pre = np.stack([np.array(_col(p, "return/before_adaptation"))[:n] for p in meta])
-        ax.plot(it, pre.mean(0), linestyle=":", color=ax.lines[-1].get_color(), label=f"{g.label} (before)")
+        after = [progress_column(p, "return/after_adaptation") for p in meta]
+        before = [progress_column(p, "return/before_adaptation") for p in meta]
+        draw_returns(ax, np.arange(1, min(map(len, after)) + 1), before, after, label=group.label)
     ax.set(xlabel="meta-iteration", ylabel="mean episode return", title="Learning curves (training tasks)")
     ax.grid(alpha=0.3)
     if ax.lines:

@@ -4,10 +4,13 @@ One policy forward per time step for the whole ``tasks x episodes`` batch; the e
 its own device (pure-torch envs on the policy's device, MuJoCo on CPU threads). Box actions are
 clipped to the action space before ``step`` (the episodes keep the unclipped sample, whose
 log-probability the gradients use), and every reset and step is checked against the contract
-(:class:`caml_rl.envs.validation.StepChecker`).
+(:class:`caml_rl.envs.validation.StepChecker`). A :class:`RolloutHook` may watch the env after
+each reset and step (``caml-rl visualize`` records trajectories with one).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +23,14 @@ from .partition import FastWeights, policy_forward
 from .policies import ContextMLPPolicy, action_clipper
 
 
+class RolloutHook(Protocol):
+    """Watches a rollout without changing it: the env and its observation after reset and each step."""
+
+    def on_reset(self, env: BatchedEnv, obs: torch.Tensor) -> None: ...
+
+    def on_step(self, env: BatchedEnv, obs: torch.Tensor) -> None: ...
+
+
 class Sampler:
     """Owns the batched env for ``num_tasks x episodes_per_task`` simulations."""
 
@@ -30,13 +41,17 @@ class Sampler:
         episodes_per_task: int,
         device: torch.device,
         shard: tuple[int, int] | None = None,
+        hook: RolloutHook | None = None,
     ):
         """``shard = (first_task, total_tasks)``: this sampler runs tasks ``first_task ..
         first_task + num_tasks`` of a meta-batch of ``total_tasks`` (distributed training) and
-        draws the action noise of the whole batch, so sharding does not change any episode."""
+        draws the action noise of the whole batch, so a worker's actions are those a single
+        process would take; env resets draw from each worker's own stream, so envs with random
+        resets (MuJoCo's reset noise) start differently than in a single process."""
         self.distribution = distribution
         self.num_tasks, self.episodes_per_task = num_tasks, episodes_per_task
         self.shard = shard
+        self.hook = hook
         self.device = torch.device(device)
         self.env: BatchedEnv = distribution.make_vec_env(num_tasks * episodes_per_task, self.device)
         self.clip = action_clipper(distribution.action_space, self.device)
@@ -79,9 +94,10 @@ class Sampler:
             raise ValueError(f"sampler built for {n_t} tasks, got {tasks.shape[0]}")
         fast = {k: v.detach() for k, v in fast.items()}
         check = self.check
-        check.env = self.env  # the env may have been wrapped since (e.g. by visualize's recorder)
         first = self.shard[0] if self.shard is not None else 0
         obs = check.reset(np.repeat(tasks, n_e, axis=0), rng, episodes_per_task=n_e, first_task=first).to(self.device)
+        if self.hook is not None:
+            self.hook.on_reset(self.env, obs)
         obs_buf = torch.zeros(horizon, n_t, n_e, obs.shape[-1], device=self.device)
         act_buf: torch.Tensor | None = None
         rew_buf = torch.zeros(horizon, n_t, n_e, device=self.device)
@@ -107,6 +123,8 @@ class Sampler:
             except TaskDistributionError:  # a non-finite value fed back to the env is the real culprit
                 check.check_rollout(obs_buf[: t + 1], rew_buf[:t], None)
                 raise
+            if self.hook is not None:
+                self.hook.on_step(self.env, next_obs)
             rew_buf[t] = reward.to(self.device).view(n_t, n_e) * alive_f
             if self.env.success is not None:
                 succeeded |= self.env.success.to(self.device).view(n_t, n_e) & alive

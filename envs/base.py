@@ -9,6 +9,7 @@ meta-iteration. Everything the sampler sees is a torch tensor on the env's devic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -87,6 +88,9 @@ class BatchedEnv(ABC):
     success: torch.Tensor | None = None
     """Optional ``[num_envs]`` bool, updated by ``step``: the task is solved at this step
     (e.g. Meta-World's ``info["success"]``). Envs that set it get success rates logged."""
+    info: dict[str, Any] = {}  # read only; an env that measures assigns its own
+    """Optional measurements of the last ``step``, ``[num_envs, ...]`` arrays or tensors by name.
+    ``velocity`` (forward velocity first) gets a velocity plot in ``caml-rl visualize``."""
 
     @abstractmethod
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
@@ -139,6 +143,11 @@ class TaskDistribution(ABC):
     def settings(self) -> dict[str, Any]:
         """The settings as plain data, for the run record."""
         return dataclasses.asdict(self)
+
+    def render_env(self, task: np.ndarray) -> gym.Env | None:
+        """One task as a Gymnasium env whose ``render()`` returns RGB frames, or None if this
+        distribution cannot draw itself. ``caml-rl visualize`` films the adapted policy in it."""
+        return None
 
     def validate_settings(self) -> None:
         """Raise ``TaskDistributionError`` naming a bad setting; subclasses extend."""
@@ -225,8 +234,9 @@ def make(name: str, **settings: Any) -> TaskDistribution:
             "give your own as module:Class, or name the module that registers it with --import MODULE"
         )
     factory = _REGISTRY[name]
-    if dataclasses.is_dataclass(factory):
-        allowed = {f.name for f in dataclasses.fields(factory) if f.init}
+    cls = factory.func if isinstance(factory, functools.partial) else factory  # a preset of a class
+    if dataclasses.is_dataclass(cls):
+        allowed = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(settings) - allowed)
         if unknown:
             raise TaskDistributionError(

@@ -81,6 +81,17 @@ class GymTaskDistribution(TaskDistribution):
             )
         return GymVecEnv(self, num_envs, device)
 
+    def render_env(self, task: np.ndarray) -> gym.Env | None:
+        """``make_env()``'s env set to ``task``, if it renders ``rgb_array`` frames (made with
+        ``render_mode="rgb_array"``); override to build a rendering env only for videos."""
+        env = self.make_env()
+        set_task = find_set_task(env)
+        if getattr(env, "render_mode", None) != "rgb_array" or set_task is None:
+            env.close()
+            return None
+        set_task(np.asarray(task, dtype=np.float64))
+        return env
+
 
 class GymVecEnv(BatchedEnv):
     """``num_envs`` Gymnasium envs as one batched env, each value checked as it is copied."""

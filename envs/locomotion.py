@@ -137,6 +137,12 @@ class MujocoTaskDistribution(TaskDistribution):
 
         return make_locomotion_env(self, num_envs, device, backend or self.simulator)
 
+    def render_env(self, task: np.ndarray) -> gym.Env:
+        """One task as a Gymnasium env rendering ``rgb_array`` frames (MuJoCo's OpenGL renderer)."""
+        from .mujoco_render import MujocoSingleTaskEnv
+
+        return MujocoSingleTaskEnv(self, task, render_mode="rgb_array")
+
     # hooks: array maths on the simulator's own arrays (numpy on the host, torch on the device) ------
     def position(self, sim: Simulator) -> Array:
         """The ``[N, k]`` position whose change over a step is the velocity ``score`` receives."""

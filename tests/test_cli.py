@@ -82,3 +82,32 @@ def test_envs_lists_navigation(capsys):
     main(["envs"])
     out = capsys.readouterr().out
     assert "navigation2d" in out and "goal_low=-0.5" in out
+
+
+def test_only_caml_rl_errors_are_one_line(monkeypatch, capsys):
+    """A bug elsewhere (here a ValueError no caml-rl check raised) keeps its traceback and asks
+    for a report; caml-rl's own errors are one line, with the traceback only under --debug."""
+    from caml_rl import cli
+    from caml_rl.config import ConfigError
+
+    def bug(args):
+        raise ValueError("an internal bug")
+
+    def user_error(args):
+        raise ConfigError("config key x=1 is out of range")
+
+    monkeypatch.setitem(cli.COMMANDS, "envs", bug)
+    with pytest.raises(SystemExit) as exc:
+        main(["envs"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "Traceback" in err and "ValueError: an internal bug" in err
+    assert "please report it" in err
+
+    monkeypatch.setitem(cli.COMMANDS, "envs", user_error)
+    with pytest.raises(SystemExit) as exc:
+        main(["envs"])
+    assert exc.value.code == 2 and capsys.readouterr().err == "caml-rl: error: config key x=1 is out of range\n"
+    with pytest.raises(SystemExit):
+        main(["envs", "--debug"])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("caml-rl: error: config key x=1 is out of range\n")

@@ -153,8 +153,7 @@ def test_readme_single_task_example_runs(tmp_path, monkeypatch):
 
 def test_readme_visualize_task_example_parses():
     """`--task` is one KEY=VALUE per flag, as the README shows."""
-    from caml_rl.cli import build_parser
-    from caml_rl.visualize import parse_task
+    from caml_rl.cli import build_parser, parse_task
 
     text = README.read_text()
     line = re.search(r"`(caml-rl visualize \S+ --task goal_velocity=1\.5[^`]*)`", text).group(1)
