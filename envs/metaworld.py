@@ -15,7 +15,9 @@ row through Meta-World's public ``env.set_task(Task(...))`` with ``partially_obs
 (the goal is zeroed in the observation, as in ML1/ML10).
 
 - ML1 (``metaworld_ml1``, ``env_name`` setting, any Meta-World v3 env, default ``reach-v3``):
-  row = ``rand_vec`` (3 or 6 numbers, depending on the env).
+  row = ``rand_vec`` (3 or 6 numbers, depending on the env). ``metaworld_ml1_reach``,
+  ``metaworld_ml1_push`` and ``metaworld_ml1_pick_place`` are registry entries for ML1 with
+  another default ``env_name`` (:data:`ML1_VARIANTS`).
 - ML10 (``metaworld_ml10``): row = ``(env_index, rand_vec_0, ..., rand_vec_5)``; ``env_index``
   (stored as a float, an exact integer) picks one of Meta-World's ten ML10 train envs (or the
   five test envs with ``split="test"``) in the order of ``metaworld.env_dict.ML10_V3``, drawn
@@ -36,9 +38,11 @@ names only when it is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -258,30 +262,6 @@ class MetaWorldML1(_MetaWorldBase):
 
 
 @dataclasses.dataclass
-class MetaWorldML1Reach(MetaWorldML1):
-    """Meta-World ML1 ``reach-v3``: reach a hidden goal position."""
-
-    name = "metaworld_ml1_reach"
-    env_name: str = "reach-v3"
-
-
-@dataclasses.dataclass
-class MetaWorldML1Push(MetaWorldML1):
-    """Meta-World ML1 ``push-v3``: push a puck (placed by the task) to a hidden goal."""
-
-    name = "metaworld_ml1_push"
-    env_name: str = "push-v3"
-
-
-@dataclasses.dataclass
-class MetaWorldML1PickPlace(MetaWorldML1):
-    """Meta-World ML1 ``pick-place-v3``: pick a puck (placed by the task) and place it at a hidden goal."""
-
-    name = "metaworld_ml1_pick_place"
-    env_name: str = "pick-place-v3"
-
-
-@dataclasses.dataclass
 class MetaWorldML10(_MetaWorldBase):
     """Meta-World ML10: ten manipulation envs (``split="train"``) or the five held-out ones (``"test"``).
 
@@ -321,13 +301,22 @@ class MetaWorldML10(_MetaWorldBase):
         return index, row[1 : 1 + self.classes[index].rand_vec_size]
 
 
-METAWORLD_ENVS: dict[str, type[_MetaWorldBase]] = {
+ML1_VARIANTS = {
+    "metaworld_ml1_reach": "reach-v3",  # reach a hidden goal position
+    "metaworld_ml1_push": "push-v3",  # push a puck (placed by the task) to a hidden goal
+    "metaworld_ml1_pick_place": "pick-place-v3",  # pick a puck up and place it at a hidden goal
+}
+"""Registered name -> default ``env_name`` of ML1 (still a setting under that name)."""
+
+METAWORLD_ENVS: dict[str, Callable[..., _MetaWorldBase]] = {
     "metaworld_ml1": MetaWorldML1,
-    "metaworld_ml1_reach": MetaWorldML1Reach,
-    "metaworld_ml1_push": MetaWorldML1Push,
-    "metaworld_ml1_pick_place": MetaWorldML1PickPlace,
+    **{name: functools.partial(MetaWorldML1, env_name=env_name) for name, env_name in ML1_VARIANTS.items()},
     "metaworld_ml10": MetaWorldML10,
 }
+# ``module:Class`` names that runs recorded when the variants were subclasses
+MetaWorldML1Reach = METAWORLD_ENVS["metaworld_ml1_reach"]
+MetaWorldML1Push = METAWORLD_ENVS["metaworld_ml1_push"]
+MetaWorldML1PickPlace = METAWORLD_ENVS["metaworld_ml1_pick_place"]
 
 
 def register_metaworld() -> list[str]:

@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("metaworld")
 
-from caml_rl.envs.metaworld import OBJ_GOAL_NAMES, register_metaworld  # noqa: E402
+from caml_rl.envs.metaworld import ML1_VARIANTS, OBJ_GOAL_NAMES, MetaWorldML1, register_metaworld  # noqa: E402
 from conftest import tiny_policy  # noqa: E402
 
 from caml_rl import envs  # noqa: E402
@@ -55,6 +55,15 @@ def test_names_registered_and_shapes():
     finally:
         env.close()
     envs.validate(dist)
+
+
+def test_ml1_variants_are_ml1_with_another_default_env():
+    for name, env_name in ML1_VARIANTS.items():
+        dist = envs.make(name, horizon=5)
+        assert type(dist) is MetaWorldML1 and dist.env_name == env_name and dist.settings()["env_name"] == env_name
+    assert envs.make("metaworld_ml1_push", env_name="reach-v3").task_names == OBJ_GOAL_NAMES  # still a setting
+    with pytest.raises(envs.TaskDistributionError, match="unknown setting env.settings.split"):
+        envs.make("metaworld_ml1_push", split="test")
 
 
 def test_tasks_come_from_our_generator_and_set_the_goal():
