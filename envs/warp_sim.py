@@ -50,14 +50,9 @@ def require_warp() -> tuple[Any, Any]:
 
 
 def per_world_fields() -> tuple[str, ...]:
-    """Model fields MuJoCo Warp can give a value per world (its ``Model`` fields batched by ``*``)."""
+    """Model fields MuJoCo Warp can give a value per world (its ``Model`` arrays whose shape starts ``*``)."""
     _, mjw = require_warp()
-    spec = importlib.import_module("mujoco_warp._src.warp_util")
-    return tuple(
-        f.name
-        for f in dataclasses.fields(mjw.Model)
-        if spec.is_array_spec(f.type) and getattr(f.type, "shape", ())[:1] == ("*",)
-    )
+    return tuple(f.name for f in dataclasses.fields(mjw.Model) if tuple(getattr(f.type, "shape", ()))[:1] == ("*",))
 
 
 class WarpSimulator(Simulator):
