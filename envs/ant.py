@@ -51,7 +51,7 @@ class _Ant(MujocoTaskDistribution):
     def position(self, sim: Simulator) -> Array:
         return sim.body_xpos(_TORSO)[:, :2]
 
-    def score(
+    def reward_and_termination(
         self,
         tasks: Array,
         velocity: Array,

@@ -29,7 +29,7 @@ class _HalfCheetah(MujocoTaskDistribution):
     frame_skip: int = 5
     reset_noise_scale: float = 0.1
 
-    def score(
+    def reward_and_termination(
         self,
         tasks: Array,
         velocity: Array,

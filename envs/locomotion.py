@@ -1,10 +1,11 @@
 """What every locomotion task distribution shares: settings, spaces, and the hooks a task fills in.
 
-A task file says how to measure progress (``position``) and how to score a step (``score``);
-``LocomotionVecEnv`` (``locomotion_env``) does the rest on whichever simulator the ``simulator``
-setting names. The hooks are array maths written once for both kinds of state: numpy float64 on
-the host (the C backends) and torch float32 on the device (the Warp backend); ``xp(x)`` gives
-the matching module for the few functions (``sqrt``) that are not operators.
+A task file says how to measure progress (``position``) and what a step earns and whether it
+ends the episode (``reward_and_termination``); ``LocomotionVecEnv`` (``locomotion_env``) does the
+rest on whichever simulator the ``simulator`` setting names. The hooks are array maths written
+once for both kinds of state: numpy float64 on the host (the C backends) and torch float32 on the
+device (the Warp backend); ``xp(x)`` gives the matching module for the few functions (``sqrt``)
+that are not operators.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class MujocoTaskDistribution(TaskDistribution):
     """Base of the locomotion distributions: a gymnasium XML, reset noise and a control cost.
 
     Subclasses set ``xml_file``, ``label``, ``root_qpos_skip`` (leading qpos entries left out of
-    the observation) and implement ``score`` (and ``configure`` for dynamics tasks).
+    the observation) and implement ``reward_and_termination`` (and ``configure`` for dynamics tasks).
     """
 
     xml_file: ClassVar[str]
@@ -145,13 +146,13 @@ class MujocoTaskDistribution(TaskDistribution):
 
     # hooks: array maths on the simulator's own arrays (numpy on the host, torch on the device) ------
     def position(self, sim: Simulator) -> Array:
-        """The ``[N, k]`` position whose change over a step is the velocity ``score`` receives."""
+        """The ``[N, k]`` position whose change over a step is the velocity ``reward_and_termination`` receives."""
         return sim.state_qpos[:, :1]
 
     def configure(self, sim: Simulator, tasks: np.ndarray) -> None:
         """Set per-simulation model fields for ``tasks`` (dynamics tasks); reward tasks do nothing."""
 
-    def score(
+    def reward_and_termination(
         self,
         tasks: Array,
         velocity: Array,

@@ -140,7 +140,7 @@ class LocomotionVecEnv(BatchedEnv):
         reward = np.zeros(self.num_envs)
         terminated = self._done.copy()
         if ids is None or len(ids):
-            r, done = self.dist.score(self._tasks[sel], velocity[sel], ctrl_cost[sel], self.sim, ids)
+            r, done = self.dist.reward_and_termination(self._tasks[sel], velocity[sel], ctrl_cost[sel], self.sim, ids)
             reward[sel] = r
             terminated[sel] = False if done is None else done
         self._done |= terminated
@@ -223,7 +223,7 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
             before = self.dist.position(sim).clone()
             sim.step()
             velocity, ctrl_cost = self._terms(a, before)
-            reward, ends = self.dist.score(self._tasks_t, velocity, ctrl_cost, sim, None)
+            reward, ends = self.dist.reward_and_termination(self._tasks_t, velocity, ctrl_cost, sim, None)
             bad = sim.unstable_mask() & ~done
             if not self._eager:
                 self._first_bad.masked_fill_(bad & (self._first_bad < 0), self._t)
