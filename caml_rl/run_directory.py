@@ -65,22 +65,10 @@ class RunDirectory:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def record_file(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def progress_file(self) -> Path:
-        return self.path / "progress.csv"
-
-    @property
-    def eval_file(self) -> Path:
-        return self.path / "eval.json"
+        self.config_file = self.path / "config.yaml"
+        self.record_file = self.path / "run.json"
+        self.progress_file = self.path / "progress.csv"
+        self.eval_file = self.path / "eval.json"
 
     def checkpoint_path(self, iteration: int) -> Path:
         return checkpoint_path(self.path, iteration)

@@ -34,6 +34,9 @@ def space_dims(distribution: envs.TaskDistribution) -> tuple[int, int]:
 
 @dataclass
 class LoadedRun:
+    """A policy with the config and task distribution it was trained on, read by ``load_run`` (on
+    the CPU) or handed over by the trainer (on its device)."""
+
     config: Config
     policy: ContextMLPPolicy
     distribution: envs.TaskDistribution
