@@ -87,10 +87,17 @@ class TRPOConfig:
     """Backtracking line-search evaluations before a step is rejected."""
     ls_backtrack: float = 0.8
     """Step shrink factor between line-search evaluations."""
-    fisher: str = "fixed"
-    """Fisher metric: fixed (adaptation step held constant, cheap) or full (through the inner step)."""
-    fvp_subsample: float = 0.2
-    """Fraction of each task's post-adaptation episodes used for Fisher-vector products."""
+    fisher: str = "auto"
+    """Trust-region metric: full (Hessian of the KL through the inner step), fixed (inner step held
+    constant: cheap), or auto (full when network weights adapt, as in MAML; fixed for the context)."""
+    fvp_subsample: float | None = None
+    """Fraction of each task's post-adaptation episodes in the metric (default: 1.0 full, 0.2 fixed)."""
+
+    def metric(self, adapts_weights: bool) -> tuple[str, float]:
+        """The metric and episode fraction actually used, ``auto`` and the default resolved."""
+        fisher = self.fisher if self.fisher != "auto" else ("full" if adapts_weights else "fixed")
+        default = 1.0 if fisher == "full" else 0.2
+        return fisher, self.fvp_subsample if self.fvp_subsample is not None else default
 
     def validate(self) -> None:
         _check("trpo.max_kl", self.max_kl, self.max_kl > 0, "> 0")
@@ -98,8 +105,9 @@ class TRPOConfig:
         _check("trpo.cg_damping", self.cg_damping, self.cg_damping >= 0, ">= 0")
         _check("trpo.ls_steps", self.ls_steps, self.ls_steps >= 1, ">= 1")
         _check("trpo.ls_backtrack", self.ls_backtrack, 0 < self.ls_backtrack < 1, "in (0, 1)")
-        _check("trpo.fisher", self.fisher, self.fisher in ("fixed", "full"), "fixed, full")
-        _check("trpo.fvp_subsample", self.fvp_subsample, 0 < self.fvp_subsample <= 1, "in (0, 1]")
+        _check("trpo.fisher", self.fisher, self.fisher in ("auto", "fixed", "full"), "auto, fixed, full")
+        ok = self.fvp_subsample is None or 0 < self.fvp_subsample <= 1
+        _check("trpo.fvp_subsample", self.fvp_subsample, ok, "in (0, 1] or null")
 
 
 @dataclass

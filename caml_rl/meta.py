@@ -84,14 +84,17 @@ def fisher_vector_product(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> H v``, H the Hessian in the shared parameters of the mean KL from the adapted policy.
 
-    ``fisher="full"`` differentiates the KL through the inner step (pytorch-maml-rl's metric);
-    ``"fixed"`` holds the adaptation step constant (cheaper; exact for the parameters' direct
-    effect only). ``old_out``: the adapted policy's outputs on the post-adaptation episodes,
-    detached. The KL's gradient graph is built once and reused by every product.
+    The ``full`` metric differentiates the KL through the inner step (pytorch-maml-rl's); ``fixed``
+    holds the adaptation step constant (cheaper; exact for the parameters' direct effect only).
+    ``auto`` picks full when network weights adapt (MAML: the fixed metric slows its learning
+    several-fold, experiments/README.md) and fixed when only the context does. ``old_out``: the
+    adapted policy's outputs on the post-adaptation episodes, detached. The KL's gradient graph is
+    built once and reused by every product.
     """
     params = list(policy.parameters())
-    kl_ep, kl_old = _subsample_episodes(batch.post, old_out, trpo_cfg.fvp_subsample, generator)
-    if trpo_cfg.fisher == "fixed":
+    fisher, fraction = trpo_cfg.metric(adapts_weights=any(n != "context" for n in names))
+    kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
+    if fisher == "fixed":
         kl_fast = detach_offset(batch.start, batch.fast)
     else:
         kl_fast = readapt(policy, names, batch, adapt_cfg, create_graph=True)

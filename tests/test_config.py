@@ -30,7 +30,7 @@ def test_int_accepted_for_float():
         ("adaptation.inner_lr=fast", r"adaptation.inner_lr='fast' has the wrong type; expected float"),
         ("meta_batch_size=true", r"meta_batch_size=True has the wrong type; expected int"),
         ("adaptation.inner_lr=-1", r"adaptation.inner_lr=-1.0 is out of range; allowed: > 0"),
-        ("trpo.fisher=exact", r"trpo.fisher='exact' is out of range; allowed: fixed, full"),
+        ("trpo.fisher=exact", r"trpo.fisher='exact' is out of range; allowed: auto, fixed, full"),
         ("policy.hidden_sizes=[64, x]", r"policy.hidden_sizes\[1\]='x' has the wrong type"),
         ("device=tpu", r"device='tpu' is out of range"),
         ("noequals", r"not key=value"),

@@ -128,3 +128,16 @@ def test_meta_gradient_of_the_surrogate_matches_finite_differences(partition):
         fd = (loss_at(theta0 + e) - loss_at(theta0 - e)) / (2 * eps)
         assert grad[i].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
     set_flat(policy, theta0)
+
+
+def test_auto_metric_is_full_for_maml_and_fixed_for_the_context():
+    assert TRPOConfig().metric(adapts_weights=True) == ("full", 1.0)
+    assert TRPOConfig().metric(adapts_weights=False) == ("fixed", 0.2)
+    assert TRPOConfig(fisher="fixed", fvp_subsample=0.5).metric(adapts_weights=True) == ("fixed", 0.5)
+    assert TRPOConfig(fisher="full").metric(adapts_weights=False) == ("full", 1.0)
+    policy, names, batch = make_batch("all")
+    old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
+    v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    auto = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(), None, old_out)(v)
+    full = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(fisher="full"), None, old_out)(v)
+    torch.testing.assert_close(auto, full)
