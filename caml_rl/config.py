@@ -88,8 +88,7 @@ class TRPOConfig:
     ls_backtrack: float = 0.8
     """Step shrink factor between line-search evaluations."""
     fisher: str = "auto"
-    """Trust-region metric: full (Hessian of the KL through the inner step), fixed (inner step held
-    constant: cheap), or auto (full when network weights adapt, as in MAML; fixed for the context)."""
+    """Trust-region metric: full (KL Hessian through the inner step), fixed (step held constant), auto (MAML full)."""
     fvp_subsample: float | None = None
     """Fraction of each task's post-adaptation episodes in the metric (default: 1.0 full, 0.2 fixed)."""
 

@@ -11,6 +11,7 @@ baseline are the same kind of directory to every reader.
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import sys
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {
+    versions = {
         "caml_rl": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -204,3 +205,9 @@ def library_versions() -> dict[str, str]:
         "mujoco": mujoco.__version__,
         "stable_baselines3": stable_baselines3.__version__,
     }
+    for name in ("mujoco_warp", "warp_lang", "metaworld"):  # optional extras, recorded when installed
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_lang", "-lang"))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions

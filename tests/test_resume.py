@@ -60,6 +60,10 @@ def test_checkpoint_roundtrip_with_weights_only(tmp_path):
 
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["env_settings"]["goal_low"] == -0.5 and "torch" in record["versions"]
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco_warp") is not None:  # optional extras are recorded when installed
+        assert "mujoco_warp" in record["versions"] and "warp_lang" in record["versions"]
 
 
 def test_damaged_checkpoints_are_reported_by_name(tmp_path):
