@@ -5,7 +5,7 @@
 #   ppo_oracle: told the goal velocity in its observation (an upper line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONFIG=experiments/configs/halfcheetah_vel_maml.yaml  # env, 100x100 ReLU policy, inner lr 0.1, evaluation
+CONFIG=experiments/configs/halfcheetah_vel_ppo.yaml  # env, 100x100 ReLU policy, inner lr 0.1, evaluation
 STEPS=${STEPS:-2000000}
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \

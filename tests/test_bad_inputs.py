@@ -532,7 +532,7 @@ def test_committed_ppo_run_still_resumes_safely(tmp_path):
     run_dir = tmp_path / "ppo_seed0"
     shutil.copytree(root / "experiments" / "results" / "halfcheetah_vel" / "ppo_seed0", run_dir)
     before = snapshot(run_dir)
-    config = load_config(root / "experiments" / "configs" / "halfcheetah_vel_maml.yaml", ["torch_threads=1"])
+    config = load_config(root / "experiments" / "configs" / "halfcheetah_vel_ppo.yaml", ["torch_threads=1"])
     baseline = PPOBaselineRun(config, run_dir, PPOSettings())
     run = load_run(run_dir)
     assert baseline.resumed and baseline.model.num_timesteps == load_checkpoint(latest_checkpoint(run_dir))["env_steps"]
