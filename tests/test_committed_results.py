@@ -19,6 +19,7 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
         "halfcheetah_vel/caml_seed0",
         "halfcheetah_vel/ppo_seed0",
         "halfcheetah_dir/caml_seed0",
+        "halfcheetah_dir_peer/peer_seed1",
     ],
 )
 def test_evaluate_reproduces_the_committed_table_row(run):
