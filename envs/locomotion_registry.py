@@ -1,7 +1,7 @@
 """Registers the MuJoCo locomotion task distributions by name and as Gymnasium ids.
 
-Kept out of ``envs/__init__.py`` so that importing the package never imports MuJoCo
-indirectly twice; call ``register_all()`` once (it is idempotent).
+``envs/__init__.py`` calls ``register_all()`` on import; calling it again does nothing (it
+skips names and ids already registered).
 """
 
 from __future__ import annotations
