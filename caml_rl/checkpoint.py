@@ -168,21 +168,21 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------ reading run files
-def read_text(path: Path, what: str = "file") -> str:
-    """A UTF-8 text file, or one line naming it and why it cannot be read."""
+def read_text(path: Path, what: str = "file", error: type[Exception] = CheckpointError) -> str:
+    """A UTF-8 text file, or one line (an ``error``) naming it and why it cannot be read."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+        raise error(f"{what} {str(path)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"{what} {str(path)!r} is not a file")
+        raise error(f"{what} {str(path)!r} is not a file")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {exc.strerror or first_line(exc)}") from None
+        raise error(f"{what} {str(path)!r} cannot be read: {exc.strerror or first_line(exc)}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise CheckpointError(f"{what} {str(path)!r} is not UTF-8 text") from None
+        raise error(f"{what} {str(path)!r} is not UTF-8 text") from None
 
 
 def read_json(path: Path, what: str = "file") -> Any:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import read_text
+
 
 class ConfigError(ValueError):
     """A config key, type or value is not allowed; the message says which and what is."""
@@ -300,18 +302,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML config file as nested plain data; any problem is one line naming the file."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} is not a file")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (a YAML config is)") from None
+    text = read_text(p, "config file", error=ConfigError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
