@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .allocator import keep_freed_memory
 from .checkpoint import atomic_write_json, check_out_path
 from .config import ConfigError, load_config
 from .distributed import launched_by_torchrun, rank_from_env
-from .allocator import keep_freed_memory
 from .errors import exit_status, show_warnings_in_one_line
 
 AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
