@@ -7,6 +7,7 @@ A failure ends as :mod:`caml_rl.errors` decides by its type: caml-rl's own error
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -28,11 +29,13 @@ SET_HELP = "override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatabl
 
 
 def check_ranges(args: argparse.Namespace, **rules: tuple[Callable[[Any], bool], str]) -> None:
-    """Before any work: one line for the first given flag outside its range, in ``rules``' order."""
+    """Before any work: one line for the first given flag outside its range, in ``rules``' order
+    (a flag that takes several values: its first value outside)."""
     for key, (ok, allowed) in rules.items():
         value = getattr(args, key)
-        if value is not None and not ok(value):
-            raise ConfigError(f"--{key.replace('_', '-')} {value} is out of range; allowed: {allowed}")
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not ok(v):
+                raise ConfigError(f"--{key.replace('_', '-')} {v} is out of range; allowed: {allowed}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -82,26 +85,13 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    import json
-
     from .benchmark import run_benchmark
 
     check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1, horizon=AT_LEAST_1, iterations=AT_LEAST_1)
     if any(n < 1 for n in args.worlds or []):
         raise ConfigError(f"--worlds {min(args.worlds)} is out of range; allowed: >= 1")
-    result = run_benchmark(
-        args.env,
-        args.tasks,
-        args.episodes,
-        args.horizon,
-        args.iterations,
-        args.device,
-        args.method,
-        args.preset,
-        args.overrides,
-        simulator=args.simulator,
-        worlds=args.worlds,
-    )
+    flags = "env tasks episodes horizon iterations device method preset overrides simulator worlds".split()
+    result = run_benchmark(**{flag: getattr(args, flag) for flag in flags})  # named as its parameters
     if rank_from_env() != 0:  # under torchrun every worker measures; rank 0 reports
         return
     if args.json:
@@ -129,8 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def _add_baseline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "baseline",
-        help="train an SB3 PPO baseline on a task distribution (fine-tuned at test time, or --oracle)",
+        "baseline", help="train an SB3 PPO baseline on a task distribution (fine-tuned at test time, or --oracle)"
     )
     p.add_argument("config", nargs="?", help="YAML config giving env, policy architecture and evaluation")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
@@ -185,18 +174,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         if trainer.workers.is_main:
             print(f"resuming {args.resume} at iteration {trainer.iteration}/{trainer.config.iterations}")
     else:
-        overrides = list(args.overrides)
-        for key in ("seed", "device", "iterations"):
-            if getattr(args, key) is not None:
-                overrides.append(f"{key}={getattr(args, key)}")
-        config = load_config(args.config, overrides)
+        given = {k: getattr(args, k) for k in ("seed", "device", "iterations")}  # shortcuts, after the --set ones
+        config = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in given.items() if v is not None)])
         if launched_by_torchrun() and not args.out:
             raise ConfigError("--out is required under torchrun, so that every worker uses the same run directory")
-        out = (
-            args.out
-            or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_"
-            + datetime.now().strftime("%Y%m%d-%H%M%S")
-        )
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = args.out or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_{stamp}"
         check_out_path(out, "--out", folder=True)
         trainer = Trainer(config, out)  # train() refuses a directory with checkpoints, on every worker
         if trainer.workers.is_main:
@@ -286,11 +269,8 @@ def cmd_visualize(args: argparse.Namespace) -> list[Path]:
 
     if args.task and args.tasks is not None:
         raise ConfigError("give either --tasks N or --task KEY=VALUE ..., not both")
-    check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1)
-    bad_steps = [s for s in args.steps if not 0 <= s <= 50]
-    if bad_steps:
-        raise ConfigError(f"--steps {bad_steps[0]} is out of range; allowed: integers from 0 to 50")
-    check_ranges(args, seed=SEED)
+    steps = (lambda v: 0 <= v <= 50, "integers from 0 to 50")
+    check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1, steps=steps, seed=SEED)
     if args.out:
         check_out_path(args.out, "--out", folder=True)
     run = load_run(args.run_dir, args.checkpoint)
@@ -317,8 +297,7 @@ def cmd_envs(args: argparse.Namespace) -> None:
         try:
             dist = factory()
             settings = ", ".join(f"{k}={v}" for k, v in dist.settings().items())
-            tasks = ", ".join(dist.task_names)
-            print(f"{name}\n    tasks: {tasks}\n    settings: {settings}")
+            print(f"{name}\n    tasks: {', '.join(dist.task_names)}\n    settings: {settings}")
         except Exception as exc:  # an optional dependency may be missing
             print(f"{name}\n    unavailable: {str(exc).splitlines()[0]}")
 
@@ -326,13 +305,8 @@ def cmd_envs(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caml-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_benchmark(sub)
-    _add_sweep(sub)
-    _add_report(sub)
-    _add_baseline(sub)
-    _add_visualize(sub)
+    for add in (_add_train, _add_evaluate, _add_benchmark, _add_sweep, _add_report, _add_baseline, _add_visualize):
+        add(sub)
     sub.add_parser("envs", help="list the registered task distributions and their settings")
     for command in sub.choices.values():  # every command may need a user's task distributions
         command.add_argument(

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from .base import TaskDistributionError
-from .locomotion import Array, MujocoTaskDistribution, check_interval, check_setting, xp
+from .locomotion import Array, DirectionTasks, MujocoTaskDistribution, VelocityTasks, check_interval, check_setting, xp
 from .simulator import Simulator
 
 _TORSO = 1  # body id of the torso in gymnasium's ant.xml (Ant-v5's main_body)
@@ -65,45 +65,23 @@ class _Ant(MujocoTaskDistribution):
         reward = self.task_reward(tasks, velocity, qpos) + self.healthy_reward * healthy - ctrl_cost
         return reward, (~healthy if self.terminate_when_unhealthy else None)
 
-    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
-        raise NotImplementedError
-
 
 @dataclasses.dataclass
-class AntVel(_Ant):
+class AntVel(VelocityTasks, _Ant):
     """Goal forward (x) velocity ~ U[velocity_low, velocity_high]; reward = -|v_x - goal| + survive - ctrl."""
 
     name = "ant_vel"
     label = "AntVel"
-    task_names = ("goal_velocity",)
 
-    velocity_low: float = 0.0
     velocity_high: float = 3.0
-
-    def validate_settings(self) -> None:
-        super().validate_settings()
-        check_interval(self, "velocity_low", "velocity_high", -20.0, 20.0)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
-        return rng.uniform(self.velocity_low, self.velocity_high, size=(num_tasks, 1))
-
-    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
-        return -abs(velocity[:, 0] - tasks[:, 0])
 
 
 @dataclasses.dataclass
-class AntDir(_Ant):
+class AntDir(DirectionTasks, _Ant):
     """Direction in {-1, +1} along x (fair coin); reward = direction * v_x + survive - ctrl."""
 
     name = "ant_dir"
     label = "AntDir"
-    task_names = ("direction",)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
-        return rng.choice(np.array([-1.0, 1.0]), size=(num_tasks, 1))
-
-    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
-        return tasks[:, 0] * velocity[:, 0]
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from .base import TaskDistributionError
-from .locomotion import Array, MujocoTaskDistribution, check_interval
+from .locomotion import Array, DirectionTasks, MujocoTaskDistribution, VelocityTasks, check_interval
 from .simulator import Simulator
 
 
@@ -37,47 +37,26 @@ class _HalfCheetah(MujocoTaskDistribution):
         sim: Simulator,
         ids: np.ndarray | None,
     ) -> tuple[Array, None]:
-        return self.task_reward(tasks, velocity[:, 0]) - ctrl_cost, None
-
-    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
-        raise NotImplementedError
+        qpos = sim.state_qpos if ids is None else sim.state_qpos[ids]
+        return self.task_reward(tasks, velocity, qpos) - ctrl_cost, None
 
 
 @dataclasses.dataclass
-class HalfCheetahVel(_HalfCheetah):
+class HalfCheetahVel(VelocityTasks, _HalfCheetah):
     """Goal velocity ~ U[velocity_low, velocity_high]; reward = -|v - goal| - ctrl cost."""
 
     name = "halfcheetah_vel"
     label = "HalfCheetahVel"
-    task_names = ("goal_velocity",)
 
-    velocity_low: float = 0.0
     velocity_high: float = 2.0
-
-    def validate_settings(self) -> None:
-        super().validate_settings()
-        check_interval(self, "velocity_low", "velocity_high", -20.0, 20.0)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
-        return rng.uniform(self.velocity_low, self.velocity_high, size=(num_tasks, 1))
-
-    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
-        return -abs(forward_velocity - tasks[:, 0])
 
 
 @dataclasses.dataclass
-class HalfCheetahDir(_HalfCheetah):
+class HalfCheetahDir(DirectionTasks, _HalfCheetah):
     """Direction in {-1, +1} (fair coin); reward = direction * v - ctrl cost."""
 
     name = "halfcheetah_dir"
     label = "HalfCheetahDir"
-    task_names = ("direction",)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
-        return rng.choice(np.array([-1.0, 1.0]), size=(num_tasks, 1))
-
-    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
-        return tasks[:, 0] * forward_velocity
 
 
 @dataclasses.dataclass
@@ -124,5 +103,5 @@ class HalfCheetahDynamics(_HalfCheetah):
         )
         sim.applied_tasks = tasks.copy()
 
-    def task_reward(self, tasks: Array, forward_velocity: Array) -> Array:
-        return forward_velocity
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
+        return velocity[:, 0]

@@ -74,7 +74,8 @@ class MujocoTaskDistribution(TaskDistribution):
     """Base of the locomotion distributions: a gymnasium XML, reset noise and a control cost.
 
     Subclasses set ``xml_file``, ``label``, ``root_qpos_skip`` (leading qpos entries left out of
-    the observation) and implement ``reward_and_termination`` (and ``configure`` for dynamics tasks).
+    the observation) and implement ``reward_and_termination`` (and ``configure`` for dynamics tasks);
+    a task kind fills in ``task_reward``, the term that robot's ``reward_and_termination`` adds.
     """
 
     xml_file: ClassVar[str]
@@ -165,3 +166,44 @@ class MujocoTaskDistribution(TaskDistribution):
         ``tasks``, ``velocity`` and ``ctrl_cost`` hold those sims' rows already.
         """
         raise NotImplementedError
+
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
+        """The task's term of the reward ``[n]``, which a robot's ``reward_and_termination`` adds to its
+        own terms (control cost, survive bonus): ``velocity`` ``[n, k]`` (forward x first) and ``qpos``
+        ``[n, nq]`` after the step, of the same sims as ``tasks``."""
+        raise NotImplementedError
+
+
+# Task kinds every robot shares: listed before the robot's base class (``class AntVel(VelocityTasks, _Ant)``),
+# they add the task's settings, its sampling and its reward term; the robot adds the rest of the reward.
+@dataclasses.dataclass
+class VelocityTasks:
+    """Goal forward (x) velocity ~ U[velocity_low, velocity_high]; task reward = -|v_x - goal|."""
+
+    task_names = ("goal_velocity",)
+
+    velocity_low: float = 0.0
+    velocity_high: float = 2.0
+
+    def validate_settings(self) -> None:
+        super().validate_settings()  # type: ignore[misc]  # the robot's checks first
+        check_interval(self, "velocity_low", "velocity_high", -20.0, 20.0)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
+        return rng.uniform(self.velocity_low, self.velocity_high, size=(num_tasks, 1))
+
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
+        return -abs(velocity[:, 0] - tasks[:, 0])
+
+
+@dataclasses.dataclass
+class DirectionTasks:
+    """Direction in {-1, +1} along x (fair coin); task reward = direction * v_x."""
+
+    task_names = ("direction",)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
+        return rng.choice(np.array([-1.0, 1.0]), size=(num_tasks, 1))
+
+    def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
+        return tasks[:, 0] * velocity[:, 0]
