@@ -1,4 +1,11 @@
-"""The inner loop: REINFORCE loss per task and batched gradient steps on the fast values."""
+"""The inner loop: the per-task policy-gradient loss and batched gradient steps on the fast values.
+
+Two inner objectives with the same gradient at the policy that sampled the episodes:
+``reinforce`` (``log pi * A``, the CAML/MAML papers') and ``lvc``, ProMP's low-variance-curvature
+objective (``pi / pi_behaviour * A``, Rothfuss et al. 2019), whose Hessian adds the
+``grad log pi grad log pi^T * A`` term that REINFORCE's lacks, so that the meta-gradient
+differentiated through the inner step is unbiased and of low variance.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +35,30 @@ def masked_task_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum((0, 2)) / mask.sum((0, 2)).clamp(min=1)
 
 
-def inner_loss(policy: ContextMLPPolicy, fast: FastWeights, episodes: Episodes, adv: torch.Tensor) -> torch.Tensor:
-    """REINFORCE loss of each task, ``[tasks]``: ``-mean(log pi(a|s) * A)``."""
-    return -masked_task_mean(log_probs(policy, episodes, fast) * adv, episodes.mask)
+INNER_OBJECTIVES = ("reinforce", "lvc")
+
+
+def inner_loss(
+    policy: ContextMLPPolicy,
+    fast: FastWeights,
+    episodes: Episodes,
+    adv: torch.Tensor,
+    objective: str = "reinforce",
+    behaviour_logp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The inner loss of each task, ``[tasks]``.
+
+    ``reinforce``: ``-mean(log pi(a|s) * A)``. ``lvc``: ``-mean(pi(a|s) / pi_b(a|s) * A)`` with
+    ``pi_b`` the policy that sampled the episodes (``behaviour_logp``, constant; default: the
+    current values' own log-probs, detached, i.e. the episodes were sampled with ``fast``).
+    """
+    logp = log_probs(policy, episodes, fast)
+    if objective == "lvc":
+        old = logp.detach() if behaviour_logp is None else behaviour_logp
+        return -masked_task_mean(torch.exp(logp - old) * adv, episodes.mask)
+    if objective != "reinforce":
+        raise ValueError(f"inner objective {objective!r}; allowed: {', '.join(INNER_OBJECTIVES)}")
+    return -masked_task_mean(logp * adv, episodes.mask)
 
 
 def adapt(
@@ -41,6 +69,8 @@ def adapt(
     lr: float,
     steps: int = 1,
     create_graph: bool = True,
+    objective: str = "reinforce",
+    behaviour_logp: torch.Tensor | None = None,
 ) -> FastWeights:
     """``steps`` gradient steps of size ``lr`` on every task's fast values at once.
 
@@ -48,10 +78,15 @@ def adapt(
     task's fast values touch only its own loss. With ``create_graph`` the result stays
     differentiable in the shared parameters (second-order meta-gradient); without it the
     gradients are constants (first-order), and only the starting values carry the dependence.
+    ``objective``/``behaviour_logp``: see ``inner_loss``; under ``lvc`` the behaviour log-probs
+    default to the starting values' (the episodes were sampled with them) for every step.
     """
+    if objective == "lvc" and behaviour_logp is None:
+        with torch.no_grad():
+            behaviour_logp = log_probs(policy, episodes, fast)
     for _ in range(steps):
         with torch.enable_grad():
-            loss = inner_loss(policy, fast, episodes, adv).sum()
+            loss = inner_loss(policy, fast, episodes, adv, objective, behaviour_logp).sum()
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
         fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads)}
     return fast

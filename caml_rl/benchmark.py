@@ -215,5 +215,6 @@ def run_benchmark(
         "iteration_vs_physics": (steps / it_s) / physics,
         "update_vs_fwdbwd": upd_s / fwdbwd,
         "returns_after_adaptation": [m["return/after_adaptation"] for m in per_iter],
-        "trpo_accepted": [m["trpo/accepted"] for m in per_iter],
+        "optimizer": config.optimizer,
+        "trpo_accepted": [m["trpo/accepted"] for m in per_iter] if config.optimizer == "trpo" else None,
     }

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +64,8 @@ class AdaptationConfig:
     """Inner gradient steps during meta-training (on the same pre-adaptation episodes)."""
     first_order: bool = False
     """Drop the second-order term of the meta-gradient (cheaper, usually worse)."""
+    inner_objective: str = "reinforce"
+    """Inner loss: reinforce (log pi * A) or lvc (ProMP's pi / pi_old * A: same step, better meta-gradient)."""
     gamma: float = 0.99
     """Discount factor for returns and GAE."""
     gae_lambda: float = 1.0
@@ -75,6 +76,8 @@ class AdaptationConfig:
         _check("adaptation.inner_steps", self.inner_steps, self.inner_steps >= 1, ">= 1")
         _check("adaptation.gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
         _check("adaptation.gae_lambda", self.gae_lambda, 0 <= self.gae_lambda <= 1, "in [0, 1]")
+        ok = self.inner_objective in ("reinforce", "lvc")
+        _check("adaptation.inner_objective", self.inner_objective, ok, "reinforce, lvc")
 
 
 @dataclass
@@ -112,6 +115,34 @@ class TRPOConfig:
 
 
 @dataclass
+class PPOConfig:
+    lr: float = 1e-3
+    """Adam learning rate of the shared parameters."""
+    epochs: int = 5
+    """Passes over one iteration's episodes (ProMP's 5), the inner step re-taken at every gradient step."""
+    minibatches: int = 1
+    """Task minibatches per epoch, one Adam step each (must divide each worker's tasks)."""
+    clip_range: float = 0.3
+    """Clip the adapted policy's importance ratio to [1 - clip_range, 1 + clip_range]."""
+    kl_coef: float = 5e-4
+    """Weight of the KL penalty from the pre-update policy that sampled to the current one (0: none)."""
+    kl_target: float | None = None
+    """Adapt kl_coef after each iteration, ProMP-style: halve below target/1.5, double above 1.5x (null: fixed)."""
+    max_grad_norm: float | None = None
+    """Clip the gradient's global norm before each Adam step (null: no clipping)."""
+
+    def validate(self) -> None:
+        _check("ppo.lr", self.lr, self.lr > 0, "> 0")
+        _check("ppo.epochs", self.epochs, self.epochs >= 1, ">= 1")
+        _check("ppo.minibatches", self.minibatches, self.minibatches >= 1, ">= 1")
+        _check("ppo.clip_range", self.clip_range, 0 < self.clip_range < 1, "in (0, 1)")
+        _check("ppo.kl_coef", self.kl_coef, self.kl_coef >= 0, ">= 0")
+        _check("ppo.kl_target", self.kl_target, self.kl_target is None or self.kl_target > 0, "> 0 or null")
+        ok = self.max_grad_norm is None or self.max_grad_norm > 0
+        _check("ppo.max_grad_norm", self.max_grad_norm, ok, "> 0 or null")
+
+
+@dataclass
 class EvalConfig:
     tasks: int = 40
     """Fresh test tasks (never the training tasks) evaluated at the end of training."""
@@ -138,8 +169,12 @@ class Config:
     """The policy network."""
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     """The inner loop."""
+    optimizer: str = "trpo"
+    """Outer loop: trpo (natural gradient, line search) or ppo (ProMP-style clipped surrogate, Adam)."""
     trpo: TRPOConfig = field(default_factory=TRPOConfig)
-    """The outer loop."""
+    """The TRPO outer loop (optimizer: trpo)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The PPO/ProMP outer loop (optimizer: ppo)."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation run after training."""
     meta_batch_size: int = 20
@@ -158,8 +193,9 @@ class Config:
     """torch intra-op threads (0 = leave torch's default)."""
 
     def validate(self) -> None:
-        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.evaluation):
+        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.evaluation):
             sub.validate()
+        _check("optimizer", self.optimizer, self.optimizer in ("trpo", "ppo"), "trpo, ppo")
         _check("meta_batch_size", self.meta_batch_size, self.meta_batch_size >= 1, ">= 1")
         _check("episodes_per_task", self.episodes_per_task, self.episodes_per_task >= 1, ">= 1")
         _check("iterations", self.iterations, self.iterations >= 0, ">= 0")
@@ -353,52 +389,6 @@ def _simple_type(tp: Any) -> bool:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return len(args) == 1 and _simple_type(args[0])
     return typing.get_origin(tp) is list and len(args) == 1 and args[0] in (int, float, bool, str)
-
-
-def memory_estimate(policy: PolicyConfig, obs_dim: int, act_dim: int, horizon: int, tasks: int, episodes: int) -> int:
-    """Rough bytes for one batch of ``tasks x episodes`` episodes of ``horizon`` steps: the episode
-    buffers, the hidden activations kept for the (second-order) meta-gradient, twice (before and
-    after adaptation), plus the weights and the copies TRPO and per-task fast weights make."""
-    sizes = [obs_dim + policy.context_size, *policy.hidden_sizes, act_dim]
-    params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-    per_step = obs_dim + act_dim + 8 + 3 * sum(policy.hidden_sizes)
-    return 4 * (2 * horizon * tasks * episodes * per_step + (20 + 4 * tasks) * params)
-
-
-def machine_memory(device: Any = "cpu") -> int:
-    """Total memory of ``device`` in bytes (the machine's RAM for the CPU)."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
-
-
-def check_memory(
-    policy: PolicyConfig,
-    obs_dim: int,
-    act_dim: int,
-    horizon: int,
-    batch: tuple[int, int],
-    device: Any,
-    what: str,
-    lower: str,
-) -> None:
-    """Refuse a batch that cannot fit in the device's memory before anything is allocated or
-    written; ``what`` names the batch, ``lower`` the keys or flags that shrink it."""
-    tasks, episodes = batch
-    need = memory_estimate(policy, obs_dim, act_dim, horizon, tasks, episodes)
-    have = machine_memory(device)
-    if need > have:
-        raise ConfigError(
-            f"{what} needs about {_gb(need)} (horizon {horizon} x {tasks} tasks x {episodes} episodes, "
-            f"hidden sizes {policy.hidden_sizes}) but {device} has {_gb(have)}; lower {lower}"
-        )
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

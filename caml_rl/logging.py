@@ -64,10 +64,16 @@ class ProgressLine:
         done = iteration - self.start
         per_it = (time.perf_counter() - self.t0) / max(done, 1)
         eta = per_it * (self.total - iteration)
-        status = "accepted" if metrics["trpo/accepted"] else f"rejected ({metrics['trpo/reason']})"
+        if "trpo/accepted" in metrics:
+            status = "accepted" if metrics["trpo/accepted"] else f"rejected ({metrics['trpo/reason']})"
+            update = f"kl {metrics['trpo/kl']:.4f} {status}"
+        else:
+            update = f"kl {metrics['ppo/kl']:.4f} clipped {metrics['ppo/clip_fraction']:.2f}"
+            if metrics["ppo/skipped"]:
+                update += f" ({metrics['ppo/skipped']} non-finite steps skipped)"
         print(
             f"iter {iteration:>4}/{self.total} | return before {metrics['return/before_adaptation']:8.2f}"
-            f" after {metrics['return/after_adaptation']:8.2f} | kl {metrics['trpo/kl']:.4f} {status}"
+            f" after {metrics['return/after_adaptation']:8.2f} | {update}"
             f" | {per_it:5.2f} s/it | ETA {_fmt(eta)}",
             file=self.stream,
             flush=True,

@@ -33,6 +33,7 @@ class MetaBatch:
     post_adv: torch.Tensor
     start: FastWeights  # each task's starting values
     fast: FastWeights  # the adapted values, with their graph (second order unless first_order)
+    pre_logp: torch.Tensor | None = None  # log-probs of the pre-episodes' actions when sampled (lvc's pi_old)
 
 
 def _subsample_episodes(
@@ -70,7 +71,17 @@ def readapt(
 ) -> FastWeights:
     """The inner step again, from the shared parameters as they are now."""
     start = initial_fast_weights(policy, names, batch.pre.num_tasks)
-    return adapt(policy, start, batch.pre, batch.pre_adv, cfg.inner_lr, cfg.inner_steps, create_graph)
+    return adapt(
+        policy,
+        start,
+        batch.pre,
+        batch.pre_adv,
+        cfg.inner_lr,
+        cfg.inner_steps,
+        create_graph,
+        cfg.inner_objective,
+        batch.pre_logp,
+    )
 
 
 def fisher_vector_product(

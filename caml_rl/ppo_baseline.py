@@ -51,9 +51,10 @@ from .checkpoint import (
     read_progress,
     read_yaml_mapping,
 )
-from .config import Config, ConfigError, EnvConfig, check_memory, make_distribution
+from .config import Config, ConfigError, EnvConfig, make_distribution
 from .evaluation import EvalResult
 from .logging import ResumableCSVOutputFormat
+from .memory import check_memory
 from .policies import ACTIVATIONS, ContextMLPPolicy, make_policy
 from .run_directory import RunDirectory, first_difference
 from .runs import load_run, space_dims

@@ -98,20 +98,22 @@ class RunDirectory:
         rng: dict[str, Any],
         env_steps: int,
         wall_time: float,
+        optimizer: dict[str, Any] | None = None,
     ) -> Path:
-        """Write ``checkpoints/iter_NNNNNN.pt`` atomically; ``rng`` is empty for a run that cannot resume from it."""
+        """Write ``checkpoints/iter_NNNNNN.pt`` atomically; ``rng`` is empty for a run that cannot resume
+        from it; ``optimizer`` is the outer loop's state when it has one (PPO's Adam)."""
         path = self.checkpoint_path(iteration)
-        save_checkpoint(
-            path,
-            {
-                "iteration": iteration,
-                "config": config.to_dict(),
-                "policy": policy.state_dict(),
-                "rng": rng,
-                "env_steps": env_steps,
-                "wall_time": wall_time,
-            },
-        )
+        payload = {
+            "iteration": iteration,
+            "config": config.to_dict(),
+            "policy": policy.state_dict(),
+            "rng": rng,
+            "env_steps": env_steps,
+            "wall_time": wall_time,
+        }
+        if optimizer is not None:
+            payload["optimizer"] = optimizer
+        save_checkpoint(path, payload)
         return path
 
     # ------------------------------------------------------------------ run record

@@ -15,8 +15,9 @@ import torch
 from caml_rl import envs
 
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError, check_memory, make_distribution
+from .config import Config, ConfigError, make_distribution
 from .evaluation import EvalResult, adaptation_steps, evaluate
+from .memory import check_memory
 from .partition import FastWeights, policy_forward, resolve_partition
 from .policies import ContextMLPPolicy, clip_bounds, make_policy
 from .run_directory import RunDirectory

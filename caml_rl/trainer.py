@@ -20,13 +20,15 @@ import torch
 
 from caml_rl import envs
 
-from .adaptation import adapt, advantages
+from .adaptation import adapt, advantages, log_probs
 from .checkpoint import CheckpointError, atomic_write_json, check_out_path, first_line, read_progress
-from .config import Config, ConfigError, check_memory, make_distribution
+from .config import Config, ConfigError, make_distribution
 from .distributed import DistributedError, WorkerLostError, init_workers
 from .evaluation import EvalResult
 from .logging import ProgressLine, make_logger
+from .memory import check_memory
 from .meta import MetaBatch, meta_update
+from .meta_ppo import MetaPPO, ppo_update
 from .partition import initial_fast_weights, resolve_partition
 from .policies import make_policy
 from .run_directory import Checkpoint, RunDirectory, first_difference
@@ -83,11 +85,17 @@ class Trainer:
         resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
         self.config = dataclasses.replace(config, env=resolved_env)
         self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
+        if config.optimizer == "ppo" and self.local_tasks % config.ppo.minibatches:
+            raise ConfigError(
+                f"config key ppo.minibatches={config.ppo.minibatches} must divide the {self.local_tasks} tasks each "
+                "worker holds (meta_batch_size / workers)"
+            )
         self.check_memory()
         torch.manual_seed(config.seed)  # weight initialisation
         space = self.distribution.observation_space
         self.policy = make_policy(config.policy, space, self.distribution.action_space).to(self.device)
         self.partition = resolve_partition(self.policy, config.adaptation.partition)
+        self.outer = MetaPPO(self.policy, config.ppo) if config.optimizer == "ppo" else None
         self.streams = make_streams(config.seed, TRAIN_STREAM, self.device)
         self.iteration, self.env_steps, self.wall_time = 0, 0, 0.0
         self.sampler: Sampler | None = None
@@ -138,6 +146,14 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {str(saved.path)!r} has damaged random-stream state ({first_line(exc, 80)})"
             ) from None
+        if self.outer is not None:
+            try:
+                self.outer.load_state_dict(saved.payload["optimizer"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {str(saved.path)!r} has no usable PPO optimiser state ({first_line(exc, 80)}), "
+                    "so training cannot continue from it exactly"
+                ) from None
         self.iteration = saved.iteration
         self.resumed_from = self.iteration
         self.env_steps = int(saved.payload.get("env_steps", 0))
@@ -151,6 +167,7 @@ class Trainer:
             rng=self.streams.state(),
             env_steps=self.env_steps,
             wall_time=self.wall_time,
+            optimizer=self.outer.state_dict() if self.outer is not None else None,
         )
 
     def make_sampler(self) -> Sampler:
@@ -195,6 +212,10 @@ class Trainer:
         t_pre = time.perf_counter() - t0
         adaptation = config.adaptation
         pre_adv = advantages(pre, adaptation.gamma, adaptation.gae_lambda)
+        pre_logp = None  # lvc's pi_old: the policy that sampled, held fixed through every re-adaptation
+        if adaptation.inner_objective == "lvc":
+            with torch.no_grad():
+                pre_logp = log_probs(self.policy, pre, start)
         # differentiable in the shared weights: the meta-update reuses this graph
         fast = adapt(
             self.policy,
@@ -204,15 +225,31 @@ class Trainer:
             adaptation.inner_lr,
             adaptation.inner_steps,
             create_graph=not adaptation.first_order,
+            objective=adaptation.inner_objective,
+            behaviour_logp=pre_logp,
         )
         t1 = time.perf_counter()
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
         sampling = t_pre + time.perf_counter() - t1
         post_adv = advantages(post, adaptation.gamma, adaptation.gae_lambda)
-        batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast)
-        stats = meta_update(
-            self.policy, self.partition, batch, adaptation, config.trpo, self.streams.actions, workers.average
-        )
+        batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast, pre_logp)
+        if self.outer is None:
+            stats = meta_update(
+                self.policy, self.partition, batch, adaptation, config.trpo, self.streams.actions, workers.average
+            )
+            outer = {
+                "trpo/accepted": int(stats.accepted),
+                "trpo/reason": stats.reason,
+                "trpo/kl": stats.kl,
+                "trpo/surrogate_improvement": stats.improvement,
+                "trpo/step_fraction": stats.step_fraction,
+                "trpo/line_search_evaluations": stats.line_search_evaluations,
+            }
+        else:
+            ppo = ppo_update(
+                self.policy, self.partition, batch, adaptation, self.outer, self.streams.actions, workers.average
+            )
+            outer = {f"ppo/{k}": v for k, v in dataclasses.asdict(ppo).items()}
         for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not
             workers.broadcast_(p)
         self.iteration += 1
@@ -225,12 +262,7 @@ class Trainer:
             "iteration": self.iteration,
             "return/before_adaptation": float(returns[0]),
             "return/after_adaptation": float(returns[1]),
-            "trpo/accepted": int(stats.accepted),
-            "trpo/reason": stats.reason,
-            "trpo/kl": stats.kl,
-            "trpo/surrogate_improvement": stats.improvement,
-            "trpo/step_fraction": stats.step_fraction,
-            "trpo/line_search_evaluations": stats.line_search_evaluations,
+            **outer,
             "policy/action_std": float(self.policy.log_std.detach().exp().mean()) if not self.policy.discrete else 0.0,
             "time/iteration_seconds": seconds,
             "time/sampling_seconds": sampling,

@@ -53,7 +53,8 @@ def draw_returns(
 
 
 def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max_kl: float | None = None) -> Path:
-    """Return before/after adaptation, TRPO KL (with ``max_kl``) and the rolling acceptance rate."""
+    """Return before/after adaptation, TRPO KL (with ``max_kl``) and the rolling acceptance rate;
+    for a PPO run the adapted and pre-update KLs and the clipped fraction instead."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
@@ -65,7 +66,8 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max
         raise CheckpointError(f"{str(path)!r} has no rows yet")
     iterations = progress_column(rows, "iteration")
     iterations = np.where(np.isfinite(iterations), iterations, np.arange(1, len(rows) + 1))
-    if max_kl is None:
+    ppo = "ppo/kl" in rows[0]
+    if max_kl is None and not ppo:
         try:
             max_kl = float(read_yaml_mapping(run_dir / "config.yaml", "run config")["trpo"]["max_kl"])
         except Exception:  # no or odd config: draw no line
@@ -75,18 +77,29 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None, max
     before, after = progress_column(rows, "return/before_adaptation"), progress_column(rows, "return/after_adaptation")
     draw_returns(ax_return, iterations, [before], [after])
     ax_return.set(ylabel="mean episode return", title=f"Learning curves: {run_dir.name}")
-    kl = progress_column(rows, "trpo/kl")
-    ax_kl.plot(iterations, kl, ".", color="tab:purple", label="KL of the step taken (rejected steps omitted)")
-    if max_kl:
-        ax_kl.axhline(max_kl, color="tab:red", ls="--", label=f"trust region max_kl = {max_kl:g}")
-    ax_kl.set(ylabel="mean KL (nats)")
-    accepted = progress_column(rows, "trpo/accepted")
-    window = max(1, min(10, len(rows)))
-    rolling = np.convolve(np.nan_to_num(accepted), np.ones(window) / window, mode="valid")
-    ax_accepted.plot(iterations, accepted, "|", color="0.6", ms=8, label="accepted (1) / rejected (0)")
-    rolling_label = f"rolling acceptance rate ({window} iterations)"
-    ax_accepted.plot(iterations[window - 1 :], rolling, color="tab:green", label=rolling_label)
-    ax_accepted.set(ylabel="acceptance rate", xlabel="meta-iteration", ylim=(-0.05, 1.05))
+    if ppo:  # the PPO/ProMP outer loop: how far each iteration moved, and how much it clipped
+        ax_kl.plot(
+            iterations, progress_column(rows, "ppo/kl"), ".", color="tab:purple", label="KL of the adapted policy"
+        )
+        kl_pre = progress_column(rows, "ppo/kl_pre")
+        ax_kl.plot(iterations, kl_pre, ".", color="tab:orange", label="KL of the pre-update policy")
+        ax_kl.set(ylabel="mean KL (nats)")
+        clipped = progress_column(rows, "ppo/clip_fraction")
+        ax_accepted.plot(iterations, clipped, color="tab:green", label="ratio outside the clip range")
+        ax_accepted.set(ylabel="clipped fraction of steps", xlabel="meta-iteration")
+    else:
+        kl = progress_column(rows, "trpo/kl")
+        ax_kl.plot(iterations, kl, ".", color="tab:purple", label="KL of the step taken (rejected steps omitted)")
+        if max_kl:
+            ax_kl.axhline(max_kl, color="tab:red", ls="--", label=f"trust region max_kl = {max_kl:g}")
+        ax_kl.set(ylabel="mean KL (nats)")
+        accepted = progress_column(rows, "trpo/accepted")
+        window = max(1, min(10, len(rows)))
+        rolling = np.convolve(np.nan_to_num(accepted), np.ones(window) / window, mode="valid")
+        ax_accepted.plot(iterations, accepted, "|", color="0.6", ms=8, label="accepted (1) / rejected (0)")
+        rolling_label = f"rolling acceptance rate ({window} iterations)"
+        ax_accepted.plot(iterations[window - 1 :], rolling, color="tab:green", label=rolling_label)
+        ax_accepted.set(ylabel="acceptance rate", xlabel="meta-iteration", ylim=(-0.05, 1.05))
     for ax in (ax_return, ax_kl, ax_accepted):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
