@@ -121,7 +121,7 @@ class PPOConfig:
     epochs: int = 5
     """Passes over one iteration's episodes (ProMP's 5), the inner step re-taken at every gradient step."""
     minibatches: int = 1
-    """Task minibatches per epoch, one Adam step each (must divide each worker's tasks)."""
+    """Task minibatches per epoch, one Adam step each (at most meta_batch_size)."""
     clip_range: float = 0.3
     """Clip the adapted policy's importance ratio to [1 - clip_range, 1 + clip_range]."""
     kl_coef: float = 5e-4
@@ -201,6 +201,8 @@ class Config:
         _check("iterations", self.iterations, self.iterations >= 0, ">= 0")
         _check("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
         _check("torch_threads", self.torch_threads, 0 <= self.torch_threads <= 4096, "0 to 4096")
+        ok = self.ppo.minibatches <= self.meta_batch_size
+        _check("ppo.minibatches", self.ppo.minibatches, ok, f"1 to meta_batch_size ({self.meta_batch_size})")
         _check("seed", self.seed, self.seed >= 0, "an integer >= 0")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _check("device", self.device, ok, "auto, cpu, cuda, cuda:N")

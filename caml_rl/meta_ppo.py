@@ -82,6 +82,25 @@ def _detached(fast: FastWeights) -> FastWeights:
     return {k: v.detach() for k, v in fast.items()}
 
 
+def _step(
+    state: MetaPPO, params: list[torch.Tensor], flat: torch.Tensor, losses: list, fractions: list, skipped: int
+) -> tuple[list, list, int]:
+    """One Adam step from ``flat`` = (gradient, loss, clip fraction), averaged over workers; skipped
+    (weights and moments untouched) when anything in it is not finite."""
+    if not bool(torch.isfinite(flat).all()):
+        return losses, fractions, skipped + 1
+    grad = flat[:-2]
+    if state.cfg.max_grad_norm is not None:
+        grad = grad * torch.clamp(state.cfg.max_grad_norm / (grad.norm() + 1e-12), max=1.0)
+    offset = 0
+    for p in params:
+        p.grad = grad[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    state.adam.step()
+    state.adam.zero_grad(set_to_none=True)
+    return [*losses, float(flat[-2])], [*fractions, float(flat[-1])], skipped
+
+
 def ppo_update(
     policy: ContextMLPPolicy,
     names: tuple[str, ...],
@@ -90,12 +109,16 @@ def ppo_update(
     state: MetaPPO,
     generator: torch.Generator,
     average: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    shard: tuple[int, int] | None = None,
 ) -> PPOStats:
     """``epochs x minibatches`` Adam steps on ``policy``'s parameters (in place).
 
-    ``average`` is the mean over distributed workers: every gradient is averaged before its step,
-    so all workers take the same steps. A step whose loss or gradient is not finite on any worker
-    is skipped by all of them, leaving the weights and Adam's moments untouched.
+    Minibatches are drawn over the whole meta-batch. Under distributed workers ``shard`` is
+    ``(first task, meta-batch size)``: each worker holds an equal slice of the tasks, computes its
+    part of each minibatch's loss, and ``average`` (the mean over workers) makes every gradient the
+    whole minibatch's, so all workers take the steps one process would. A step whose loss or
+    gradient is not finite on any worker is skipped by all of them, leaving the weights and Adam's
+    moments untouched.
     """
     cfg, pre, post = state.cfg, batch.pre, batch.post
     params = list(policy.parameters())
@@ -103,11 +126,20 @@ def ppo_update(
         old_post_out = tuple(o.detach() for o in policy_forward(policy, post.obs, _detached(batch.fast)))
         old_post_logp = policy.distribution(old_post_out).log_prob(post.actions)
         old_pre_out = tuple(o.detach() for o in policy_forward(policy, pre.obs, _detached(batch.start)))
-    num_tasks, chunks = pre.num_tasks, cfg.minibatches
+    num_tasks = pre.num_tasks
+    first, total = shard if shard is not None else (0, num_tasks)
+    workers = total // num_tasks
     losses, clip_fractions, skipped = [], [], 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(num_tasks, generator=generator, device=generator.device).to(pre.obs.device)
-        for idx in order.chunk(chunks):
+        order = torch.randperm(total, generator=generator, device=generator.device).to(pre.obs.device)
+        for chunk in order.tensor_split(cfg.minibatches):
+            idx = chunk[(chunk >= first) & (chunk < first + num_tasks)] - first  # this worker's share
+            # the minibatch's mean over tasks = the mean over workers of (sum over own tasks x workers / size)
+            weight = len(idx) * workers / len(chunk)
+            if len(idx) == 0:
+                flat = torch.zeros(sum(p.numel() for p in params) + 2, dtype=params[0].dtype, device=params[0].device)
+                losses, clip_fractions, skipped = _step(state, params, average(flat), losses, clip_fractions, skipped)
+                continue
             sub_pre, sub_post = select_tasks(pre, idx), select_tasks(post, idx)
             start = initial_fast_weights(policy, names, len(idx))
             behaviour = batch.pre_logp[:, idx] if batch.pre_logp is not None else None
@@ -129,26 +161,13 @@ def ppo_update(
             if state.kl_coef > 0:
                 old = tuple(o[:, idx] for o in old_pre_out)
                 loss = loss + state.kl_coef * mean_kl(policy, sub_pre, old, policy_forward(policy, sub_pre.obs, start))
+            loss = loss * weight
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             flat = torch.cat(
                 [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]
-                + [loss.detach().reshape(1), clip_fraction.detach().reshape(1)]
+                + [loss.detach().reshape(1), (clip_fraction * weight).detach().reshape(1)]
             )
-            flat = average(flat)
-            if not bool(torch.isfinite(flat).all()):
-                skipped += 1
-                continue
-            grad = flat[:-2]
-            if cfg.max_grad_norm is not None:
-                grad = grad * torch.clamp(cfg.max_grad_norm / (grad.norm() + 1e-12), max=1.0)
-            offset = 0
-            for p in params:
-                p.grad = grad[offset : offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
-            state.adam.step()
-            state.adam.zero_grad(set_to_none=True)
-            losses.append(float(flat[-2]))
-            clip_fractions.append(float(flat[-1]))
+            losses, clip_fractions, skipped = _step(state, params, average(flat), losses, clip_fractions, skipped)
     with torch.enable_grad():  # the inner step needs gradients
         new_fast = readapt(policy, names, batch, adapt_cfg, create_graph=False)
     with torch.no_grad():

@@ -85,11 +85,6 @@ class Trainer:
         resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
         self.config = dataclasses.replace(config, env=resolved_env)
         self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
-        if config.optimizer == "ppo" and self.local_tasks % config.ppo.minibatches:
-            raise ConfigError(
-                f"config key ppo.minibatches={config.ppo.minibatches} must divide the {self.local_tasks} tasks each "
-                "worker holds (meta_batch_size / workers)"
-            )
         self.check_memory()
         torch.manual_seed(config.seed)  # weight initialisation
         space = self.distribution.observation_space
@@ -246,8 +241,9 @@ class Trainer:
                 "trpo/line_search_evaluations": stats.line_search_evaluations,
             }
         else:
+            shard = (self.first_task, config.meta_batch_size)
             ppo = ppo_update(
-                self.policy, self.partition, batch, adaptation, self.outer, self.streams.actions, workers.average
+                self.policy, self.partition, batch, adaptation, self.outer, self.streams.actions, workers.average, shard
             )
             outer = {f"ppo/{k}": v for k, v in dataclasses.asdict(ppo).items()}
         for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not

@@ -1,4 +1,4 @@
-"""Two gloo workers on CPU take the same TRPO steps as one process; a dead worker stops the run."""
+"""Two gloo workers on CPU take the same TRPO (and PPO) steps as one process; a dead worker stops the run."""
 
 import os
 import signal
@@ -53,16 +53,23 @@ def weights(run: Path) -> dict:
     return load_checkpoint(latest_checkpoint(run))["policy"]
 
 
-def test_two_workers_take_the_same_steps_as_one(tmp_path):
+PPO = ["--set", "optimizer=ppo", "--set", "ppo.epochs=2", "--set", "ppo.kl_target=0.01"]
+
+
+@pytest.mark.parametrize("outer", [[], PPO], ids=["trpo", "ppo"])
+def test_two_workers_take_the_same_steps_as_one(tmp_path, outer):
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(
-        [sys.executable, "-m", "caml_rl", "train", *SMALL, "--iterations", "3", "--out", str(one)],
+        [sys.executable, "-m", "caml_rl", "train", *SMALL, *outer, "--iterations", "3", "--out", str(one)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     proc = subprocess.run(
-        torchrun("train", *SMALL, "--iterations", "2", "--out", str(two)), capture_output=True, text=True, timeout=300
+        torchrun("train", *SMALL, *outer, "--iterations", "2", "--out", str(two)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(2 workers)" in proc.stdout and proc.stdout.count("iter    1/2") == 1  # only rank 0 prints

@@ -1,7 +1,9 @@
 """The PPO/ProMP outer loop and the LVC inner objective: their maths on tiny problems, and the
 trainer with ``optimizer: ppo`` (resume, bad input, a short learning run)."""
 
+import copy
 import csv
+import threading
 
 import gymnasium as gym
 import pytest
@@ -13,11 +15,11 @@ from caml_rl.checkpoint import latest_checkpoint, load_checkpoint
 from caml_rl.config import AdaptationConfig, ConfigError, PPOConfig, load_config
 from caml_rl.episodes import Episodes
 from caml_rl.meta import MetaBatch
-from caml_rl.meta_ppo import MetaPPO, adapted_kl_coef, clipped_surrogate, ppo_update
+from caml_rl.meta_ppo import MetaPPO, adapted_kl_coef, clipped_surrogate, ppo_update, select_tasks
 from caml_rl.partition import initial_fast_weights
 from caml_rl.policies import ContextMLPPolicy
 
-T, TASKS, EPS, OBS, ACT, CTX = 4, 3, 5, 2, 2, 3
+T, TASKS, EPS, OBS, ACT, CTX = 4, 4, 5, 2, 2, 3
 
 
 def tiny_batch(seed: int = 0) -> tuple[ContextMLPPolicy, Episodes, torch.Tensor]:
@@ -100,6 +102,10 @@ def test_lvc_weights_the_steps_by_the_ratio_to_the_behaviour_policy():
 
 
 # ---------------------------------------------------------------------------------- PPO maths
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
 def test_clipped_surrogate_stops_the_gradient_outside_the_clip_range():
     old = torch.zeros(1, 1, 4)
     logp = torch.log(torch.tensor([[[1.0, 1.1, 1.5, 0.5]]])).requires_grad_(True)
@@ -120,7 +126,7 @@ def test_kl_coefficient_follows_prompts_rule():
 
 
 def meta_batch(policy: ContextMLPPolicy, ep: Episodes, adv: torch.Tensor, cfg: AdaptationConfig) -> MetaBatch:
-    start = initial_fast_weights(policy, ("context",), TASKS)
+    start = initial_fast_weights(policy, ("context",), ep.num_tasks)
     fast = adapt(policy, start, ep, adv, cfg.inner_lr, 1, True)
     return MetaBatch(ep, adv, ep, adv, start, fast)
 
@@ -129,10 +135,10 @@ def test_ppo_update_lowers_the_surrogate_and_keeps_adam_state():
     policy, ep, adv = tiny_batch(3)
     cfg = AdaptationConfig(inner_lr=0.5)
     batch = meta_batch(policy, ep, adv, cfg)
-    state = MetaPPO(policy, PPOConfig(lr=1e-2, epochs=3, minibatches=3, kl_coef=0.1, kl_target=0.01))
+    state = MetaPPO(policy, PPOConfig(lr=1e-2, epochs=3, minibatches=4, kl_coef=0.1, kl_target=0.01))
     gen = torch.Generator().manual_seed(0)
     stats = ppo_update(policy, ("context",), batch, cfg, state, gen)
-    assert stats.steps == 9 and stats.skipped == 0 and stats.kl > 0 and stats.kl_pre > 0
+    assert stats.steps == 12 and stats.skipped == 0 and stats.kl > 0 and stats.kl_pre > 0
     assert stats.kl_coef == 0.1 and state.kl_coef in (0.05, 0.1, 0.2)  # adapted after the iteration
     assert stats.loss < 0  # the clipped surrogate starts at -mean(A) = 0 and improves
     assert len(state.state_dict()["adam"]["state"]) == len(list(policy.parameters()))
@@ -218,10 +224,46 @@ def test_bad_ppo_settings_are_one_line_errors(override, culprit):
     assert "\n" not in str(info.value)
 
 
-def test_minibatches_must_divide_the_tasks(tmp_path):
-    with pytest.raises(ConfigError, match="ppo.minibatches=3 must divide the 4 tasks"):
-        Trainer(load_config(None, SMALL + ["ppo.minibatches=3"]), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+def test_minibatches_cannot_outnumber_the_tasks():
+    with pytest.raises(ConfigError, match=r"ppo.minibatches=5 is out of range; allowed: 1 to meta_batch_size \(4\)"):
+        load_config(None, SMALL + ["ppo.minibatches=5"])
+
+
+def test_uneven_minibatches_and_a_sharded_batch_take_the_same_steps():
+    """3 minibatches (2, 1 and 1 tasks) over 4 tasks; the same update computed by two 'workers' holding 2 tasks each
+    (their gradients averaged, as gloo would) equals the one-process update."""
+    policy, ep, adv = tiny_batch(5)
+    cfg = AdaptationConfig(inner_lr=0.5)
+    ppo = PPOConfig(lr=1e-2, epochs=2, minibatches=3, kl_coef=0.1)
+    whole = copy.deepcopy(policy)
+    stats = ppo_update(whole, ("context",), meta_batch(whole, ep, adv, cfg), cfg, MetaPPO(whole, ppo), gen())
+    assert stats.steps == 6
+    halves = [copy.deepcopy(policy), copy.deepcopy(policy)]
+    shards = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    # run the two workers in lock step: a shared 'average' collects both contributions
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def average_of(rank):
+        def average(x):
+            slots[rank] = x
+            barrier.wait()
+            out = (slots[0] + slots[1]) / 2
+            barrier.wait()
+            return out
+
+        return average
+
+    def worker(rank):
+        p, idx = halves[rank], shards[rank]
+        sub_ep, sub_adv = select_tasks(ep, idx), adv[:, idx]
+        batch = meta_batch(p, sub_ep, sub_adv, cfg)
+        ppo_update(p, ("context",), batch, cfg, MetaPPO(p, ppo), gen(), average_of(rank), (int(idx[0]), TASKS))
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for a, b in zip(whole.parameters(), halves[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_trpo_stays_the_default_and_logs_no_ppo_columns(tmp_path):
