@@ -19,8 +19,10 @@ KEYS = [
 ]
 
 
-@pytest.mark.parametrize("env", ["navigation2d", "halfcheetah_vel"])
-def test_benchmark_json_has_every_figure(env, capsys):
+@pytest.mark.parametrize(
+    "env,optimizer", [("navigation2d", "trpo"), ("halfcheetah_vel", "trpo"), ("navigation2d", "ppo")]
+)
+def test_benchmark_json_has_every_figure(env, optimizer, capsys):
     main(
         [
             "benchmark",
@@ -37,9 +39,12 @@ def test_benchmark_json_has_every_figure(env, capsys):
             "--json",
             "--set",
             "policy.hidden_sizes=[16]",
+            "--set",
+            f"optimizer={optimizer}",
         ]
     )
     result = json.loads(capsys.readouterr().out)
+    assert result["optimizer"] == optimizer and (result["trpo_accepted"] is None) == (optimizer == "ppo")
     for key in KEYS:
         assert key in result, key
     assert result["env"] == env and result["env_steps_per_iteration"] == 2 * 2 * 2 * 10
