@@ -77,6 +77,13 @@ def _row_at(progress: list[dict], iteration: int) -> dict:
     return next((r for r in progress if r.get("iteration") and int(float(r["iteration"])) == iteration), progress[-1])
 
 
+def _mean_of(progress: list[list[dict]], column: str) -> float:
+    """Mean of a progress column over every iteration of every seed (NaN when no run logs it)."""
+    values = np.concatenate([progress_column(p, column) for p in progress if p] or [np.array([])])
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def group_row(g: RunGroup, steps: int) -> dict:
     per_step = []
     for k in range(steps + 1):
@@ -92,13 +99,14 @@ def group_row(g: RunGroup, steps: int) -> dict:
         "iterations": sorted({e["iteration"] for e in g.evals}),
         "env_steps": float(np.mean(progress_column(last, "time/env_steps"))) if last else float("nan"),
         "wall_hours": float(np.mean(progress_column(last, "time/total_seconds"))) / 3600 if last else float("nan"),
+        "update_seconds": _mean_of(g.progress, "time/update_seconds"),
         "returns": [m for m, _ in per_step],
         "ci95": [c for _, c in per_step],
     }
 
 
 def markdown_table(rows: list[dict], steps: int) -> str:
-    head = ["run", "env", "adapt", "seeds", "test tasks", "iterations", "env steps (M)", "wall h"]
+    head = ["run", "env", "adapt", "seeds", "test tasks", "iterations", "env steps (M)", "wall h", "update s/it"]
     head += ["before adaptation"] + [f"after {k} step{'s' if k > 1 else ''}" for k in range(1, steps + 1)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -112,6 +120,7 @@ def markdown_table(rows: list[dict], steps: int) -> str:
             its,
             f"{r['env_steps'] / 1e6:.1f}",
             f"{r['wall_hours']:.2f}",
+            f"{r['update_seconds']:.2f}",
         ]
         cells += [f"{m:.2f} ± {c:.2f}" for m, c in zip(r["returns"], r["ci95"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -125,22 +134,33 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    for group in groups:
-        meta = [p for p in group.progress if p and "return/after_adaptation" in p[0]]  # baselines have no such curve
-        if not meta:
-            continue
-        after = [progress_column(p, "return/after_adaptation") for p in meta]
-        before = [progress_column(p, "return/before_adaptation") for p in meta]
-        draw_returns(ax, np.arange(1, min(map(len, after)) + 1), before, after, label=group.label)
-    ax.set(xlabel="meta-iteration", ylabel="mean episode return", title="Learning curves (training tasks)")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
-    paths.append(out / "learning_curves.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    axes = {  # file name -> (progress column for x, None: the iteration; x label)
+        "learning_curves.png": (None, "meta-iteration"),
+        "learning_curves_env_steps.png": ("time/env_steps", "env steps (millions, before + after adaptation)"),
+        "learning_curves_wall_time.png": ("time/total_seconds", "wall-clock hours (as measured by each run)"),
+    }
+    for name, (column, xlabel) in axes.items():
+        fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+        for group in groups:
+            meta = [p for p in group.progress if p and "return/after_adaptation" in p[0]]  # baselines have none
+            if not meta:
+                continue
+            after = [progress_column(p, "return/after_adaptation") for p in meta]
+            before = [progress_column(p, "return/before_adaptation") for p in meta]
+            n = min(map(len, after))
+            x = np.arange(1, n + 1, dtype=float)
+            if column is not None:  # the seeds' mean x at each iteration
+                x = np.mean([progress_column(p, column)[:n] for p in meta], axis=0)
+                x = x / (1e6 if column == "time/env_steps" else 3600)
+            draw_returns(ax, x, before, after, label=group.label)
+        ax.set(xlabel=xlabel, ylabel="mean episode return", title="Learning curves (training tasks)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        paths.append(out / name)
+        fig.tight_layout()
+        fig.savefig(paths[-1])
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for r in rows:

@@ -53,9 +53,12 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     )
     assert paths[-1].name == "sensitivity_policy_context_size.png"
     assert all(p.stat().st_size > 0 for p in paths)
+    names = {p.name for p in paths}  # learning curves against iterations, env steps and wall time
+    assert {"learning_curves_env_steps.png", "learning_curves_wall_time.png", "adaptation_curves.png"} <= names
     rows = json.loads((out / "results.json").read_text())
     caml = next(r for r in rows if r["label"] == "nav/caml")
     assert caml["seeds"] == 2 and caml["tasks"] == 6 and len(caml["returns"]) == 3
+    assert caml["update_seconds"] > 0 and "update s/it" in (out / "results.md").read_text()
     assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
 
     # a run evaluated at an earlier checkpoint reports that iteration's env steps, not the last row's
