@@ -18,6 +18,7 @@ from caml_rl.meta import MetaBatch
 from caml_rl.meta_ppo import MetaPPO, adapted_kl_coef, clipped_surrogate, ppo_update, select_tasks
 from caml_rl.partition import initial_fast_weights
 from caml_rl.policies import ContextMLPPolicy
+from caml_rl.visualize import plot_learning_curves
 
 T, TASKS, EPS, OBS, ACT, CTX = 4, 4, 5, 2, 2, 3
 
@@ -192,6 +193,8 @@ def test_ppo_resume_is_bit_identical(tmp_path, partition, objective):
         assert [r[key] for r in rows(tmp_path / "full")] == [r[key] for r in rows(tmp_path / "part")], key
     payload = load_checkpoint(latest_checkpoint(tmp_path / "part"))  # weights_only: no unpickling
     assert set(payload["optimizer"]) == {"adam", "kl_coef"}
+    figure = plot_learning_curves(tmp_path / "part")  # the PPO panels: KLs and clipped fraction
+    assert figure.stat().st_size > 0
 
 
 def test_a_checkpoint_without_optimizer_state_is_refused(tmp_path):
