@@ -231,8 +231,18 @@ def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3, x_key: s
     if x_key:
         for g in groups:  # every run must have the key before anything is written
             config_value(g.runs[0], x_key)
+    table = markdown_table(rows, steps)
+    if any(len(g.runs) > 1 for g in groups):  # and each seed on its own row
+        singles = [
+            RunGroup(g.runs[i].name, [g.runs[i]], [g.evals[i]], [g.progress[i]])
+            for g in groups
+            for i in range(len(g.runs))
+        ]
+        table += "\nPer seed (40-task intervals of each run):\n\n" + markdown_table(
+            [group_row(g, steps) for g in singles], steps
+        )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", markdown_table(rows, steps))
+    atomic_write_text(out / "results.md", table)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     paths = [out / "results.md", out / "results.json", *plot_curves(groups, rows, out)]
     if x_key:

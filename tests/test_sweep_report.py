@@ -59,6 +59,8 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     caml = next(r for r in rows if r["label"] == "nav/caml")
     assert caml["seeds"] == 2 and caml["tasks"] == 6 and len(caml["returns"]) == 3
     assert caml["update_seconds"] > 0 and "update s/it" in (out / "results.md").read_text()
+    per_seed = (out / "results.md").read_text().split("Per seed")[1]  # each seed on its own row too
+    assert "| caml_seed0 |" in per_seed and "| caml_seed1 |" in per_seed
     assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
 
     # a run evaluated at an earlier checkpoint reports that iteration's env steps, not the last row's
