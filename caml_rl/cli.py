@@ -344,5 +344,6 @@ def main(argv: list[str] | None = None) -> None:
 
             import_user_modules(args.imports)
         COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush
     except (Exception, KeyboardInterrupt) as exc:
         sys.exit(exit_status(exc, args.debug))

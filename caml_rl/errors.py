@@ -3,6 +3,8 @@
 * caml-rl's own error classes (:data:`USER_ERRORS`: a bad config, flag or file, a broken task
   distribution or user env, a failed sweep, a lost distributed worker) and the operating system
   refusing a named file: one line on stderr, exit status 2. Their messages say what to change.
+* The reader of our output went away (``caml-rl sweep ... | head``): exit quietly with status 141,
+  the shell's code for a broken pipe, as ``cat`` and ``grep`` do.
 * Anything else is a bug, in caml-rl or a library: its traceback, a request to report it, exit 1.
 
 ``--debug`` adds the traceback to a one-line error too.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
@@ -40,6 +43,9 @@ def exit_status(exc: BaseException, debug: bool = False) -> int:
     if isinstance(exc, KeyboardInterrupt):
         print("caml-rl: interrupted; resume with `caml-rl train --resume RUN_DIR`", file=sys.stderr)
         return 130
+    if isinstance(exc, BrokenPipeError):
+        _silence_stdout()
+        return 141
     if isinstance(exc, USER_ERRORS):
         message = str(exc)
     elif isinstance(exc, OSError) and exc.filename is not None:
@@ -52,6 +58,15 @@ def exit_status(exc: BaseException, debug: bool = False) -> int:
         traceback.print_exception(exc)
     print(f"caml-rl: error: {message}", file=sys.stderr)
     return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or not a real file (pytest's capture)
+        pass
 
 
 def show_warnings_in_one_line() -> None:
