@@ -95,7 +95,7 @@ class TRPOConfig:
     fisher: str = "auto"
     """Trust-region metric: full (KL Hessian through the inner step), fixed (step held constant), auto (MAML full)."""
     fvp_subsample: float | None = None
-    """Fraction of each task's post-adaptation episodes in the metric (default: 1.0 full, 0.2 fixed)."""
+    """Share of the batch in the metric: whole tasks for full (default 1.0), each task's episodes for fixed (0.2)."""
 
     def metric(self, adapts_weights: bool) -> tuple[str, float]:
         """The metric and episode fraction actually used, ``auto`` and the default resolved."""

@@ -49,6 +49,33 @@ def _subsample_episodes(
     return sub, tuple(p[:, :, idx] for p in params)
 
 
+def _subsample_tasks(
+    batch: MetaBatch, params: tuple[torch.Tensor, ...], fraction: float, gen: torch.Generator
+) -> tuple[MetaBatch, tuple[torch.Tensor, ...]]:
+    """A random subset of whole tasks: what the full metric needs, since re-taking a task's inner
+    step needs all its pre-adaptation episodes. The mean KL over tasks is a mean of per-task terms,
+    so its Hessian on the subset estimates the whole batch's without bias."""
+    n = batch.pre.num_tasks
+    k = max(1, round(n * fraction))
+    if k >= n:
+        return batch, params
+    idx = torch.randperm(n, generator=gen, device=gen.device)[:k].to(batch.pre.obs.device)
+
+    def tasks(ep: Episodes) -> Episodes:
+        return Episodes(ep.obs[:, idx], ep.actions[:, idx], ep.rewards[:, idx], ep.mask[:, idx])
+
+    sub = MetaBatch(
+        pre=tasks(batch.pre),
+        pre_adv=batch.pre_adv[:, idx],
+        post=tasks(batch.post),
+        post_adv=batch.post_adv[:, idx],
+        start={name: v[idx] for name, v in batch.start.items()},
+        fast={name: v[idx] for name, v in batch.fast.items()},
+        pre_logp=None if batch.pre_logp is None else batch.pre_logp[:, idx],
+    )
+    return sub, tuple(p[:, idx] for p in params)
+
+
 def surrogate_loss(
     policy: ContextMLPPolicy, batch: MetaBatch, params_out: tuple[torch.Tensor, ...], old_logp: torch.Tensor
 ) -> torch.Tensor:
@@ -104,10 +131,12 @@ def fisher_vector_product(
     """
     params = list(policy.parameters())
     fisher, fraction = trpo_cfg.metric(adapts_weights=any(n != "context" for n in names))
-    kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
     if fisher == "fixed":
+        kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
         kl_fast = detach_offset(batch.start, batch.fast)
     else:
+        batch, kl_old = _subsample_tasks(batch, old_out, fraction, generator)
+        kl_ep = batch.post
         kl_fast = readapt(policy, names, batch, adapt_cfg, create_graph=True)
     kl = mean_kl(policy, kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
     kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])

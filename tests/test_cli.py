@@ -115,9 +115,7 @@ def test_only_caml_rl_errors_are_one_line(monkeypatch, capsys):
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     """`caml-rl envs | head -1`: no traceback and no "internal error" once head has read enough."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "caml_rl", "envs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "caml_rl", "envs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before the child has imported torch, let alone written anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err

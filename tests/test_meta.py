@@ -8,6 +8,7 @@ from conftest import random_episodes, tiny_policy
 
 from caml_rl.adaptation import adapt
 from caml_rl.config import AdaptationConfig, TRPOConfig
+from caml_rl.episodes import Episodes
 from caml_rl.meta import MetaBatch, fisher_vector_product, mean_kl, meta_update, readapt, surrogate_loss
 from caml_rl.partition import initial_fast_weights, policy_forward, resolve_partition
 
@@ -87,6 +88,34 @@ def test_the_two_metrics_differ_for_maml():
         for f in ("fixed", "full")
     ]
     assert not torch.allclose(products[0], products[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("partition", PARTITIONS)
+def test_full_metric_subsamples_whole_tasks(partition):
+    """``fvp_subsample`` < 1 under the full metric keeps whole tasks (their inner step needs all their
+    pre-adaptation episodes): the product is the exact metric of the chosen tasks' own batch."""
+    policy, names, batch = make_batch(partition)
+    old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
+    v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    sub_cfg, all_cfg = TRPOConfig(fisher="full", fvp_subsample=0.34), TRPOConfig(fisher="full", fvp_subsample=1.0)
+    sampled = fisher_vector_product(policy, names, batch, ADAPT, sub_cfg, torch.Generator().manual_seed(7), old_out)(v)
+    picked = torch.randperm(3, generator=torch.Generator().manual_seed(7))[:1]  # round(3 * 0.34) = 1 task
+
+    def tasks(ep: Episodes) -> Episodes:
+        return Episodes(ep.obs[:, picked], ep.actions[:, picked], ep.rewards[:, picked], ep.mask[:, picked])
+
+    one = MetaBatch(
+        tasks(batch.pre),
+        batch.pre_adv[:, picked],
+        tasks(batch.post),
+        batch.post_adv[:, picked],
+        {k: x[picked] for k, x in batch.start.items()},
+        {k: x[picked] for k, x in batch.fast.items()},
+    )
+    alone = fisher_vector_product(policy, names, one, ADAPT, all_cfg, None, tuple(o[:, picked] for o in old_out))(v)
+    torch.testing.assert_close(sampled, alone, rtol=1e-10, atol=1e-12)
+    everything = fisher_vector_product(policy, names, batch, ADAPT, all_cfg, None, old_out)(v)
+    assert not torch.allclose(sampled, everything, rtol=1e-3)
 
 
 # The tiny CAML problem's KL Hessian has an exact null direction, where undamped CG diverges: damp it
