@@ -115,7 +115,11 @@ def sweep(suite: str | Path, jobs: int = 1, only: str | None = None, dry_run: bo
     """Bring every run of the suite to completion, ``jobs`` at a time (one torch thread each)."""
     root, runs = load_suite(suite)
     if only:
-        runs = [r for r in runs if fnmatch.fnmatch(r.name, only)]
+        chosen = [r for r in runs if fnmatch.fnmatch(r.name, only)]
+        if not chosen:
+            names = ", ".join(r.name for r in runs)
+            raise SweepError(f"--only {only!r} matches no run of {str(suite)!r}; its runs: {names}")
+        runs = chosen
     todo, status = [], {}
     for run in runs:
         run_dir = root / run.name

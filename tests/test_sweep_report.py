@@ -5,7 +5,7 @@ import pytest
 from caml_rl.cli import main
 from caml_rl.config import ConfigError
 from caml_rl.report import report
-from caml_rl.sweep import load_suite, sweep
+from caml_rl.sweep import SweepError, load_suite, sweep
 
 SMALL = """
 meta_batch_size: 3
@@ -80,3 +80,12 @@ def test_bad_suites_and_report_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert "has no eval.json" in capsys.readouterr().err
+
+
+def test_only_that_matches_nothing_names_the_runs(suite):
+    """A glob without the seed suffix used to start nothing, silently."""
+    with pytest.raises(
+        SweepError, match=r"--only 'nav/caml' matches no run .*its runs: nav/caml_seed0, nav/caml_seed1, nav/maml"
+    ):
+        sweep(suite, only="nav/caml")
+    assert sweep(suite, only="nav/caml*", dry_run=True) == {"nav/caml_seed0": "new", "nav/caml_seed1": "new"}
