@@ -22,6 +22,8 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
         "halfcheetah_dir_peer/peer_seed1",
         "navigation_outer/ppo_seed0",
         "navigation_outer/promp_seed0",
+        "halfcheetah_dir_sweep/caml_lr30_full_seed0",
+        "halfcheetah_dir_sweep/maml_lr1_seed0",
     ],
 )
 def test_evaluate_reproduces_the_committed_table_row(run):
