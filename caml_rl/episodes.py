@@ -41,6 +41,12 @@ class Episodes:
         return None if self.success is None else self.success.float().mean(-1)
 
 
+def select_tasks(ep: Episodes, idx: torch.Tensor) -> Episodes:
+    """The episodes of tasks ``idx`` (the task dimension is 1)."""
+    success = ep.success[idx] if ep.success is not None else None
+    return Episodes(ep.obs[:, idx], ep.actions[:, idx], ep.rewards[:, idx], ep.mask[:, idx], success)
+
+
 def discount_matrix(length: int, factor: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``M[t, s] = factor**(s - t)`` for ``s >= t``: discounted sums become one matmul over time."""
     idx = torch.arange(length, device=device, dtype=dtype)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -62,11 +63,8 @@ def exit_status(exc: BaseException, debug: bool = False) -> int:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so that Python's final flush cannot raise BrokenPipeError again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout already closed or not a real file (pytest's capture)
-        pass
+    with contextlib.suppress(OSError, ValueError):  # stdout closed, or not a real file (pytest's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def show_warnings_in_one_line() -> None:

@@ -15,7 +15,7 @@ from torch.distributions import kl_divergence
 
 from .adaptation import adapt, masked_task_mean
 from .config import AdaptationConfig, TRPOConfig
-from .episodes import Episodes
+from .episodes import Episodes, select_tasks
 from .partition import FastWeights, detach_offset, initial_fast_weights, policy_forward
 from .policies import ContextMLPPolicy
 from .trpo import TRPOStats, trpo_step
@@ -60,14 +60,10 @@ def _subsample_tasks(
     if k >= n:
         return batch, params
     idx = torch.randperm(n, generator=gen, device=gen.device)[:k].to(batch.pre.obs.device)
-
-    def tasks(ep: Episodes) -> Episodes:
-        return Episodes(ep.obs[:, idx], ep.actions[:, idx], ep.rewards[:, idx], ep.mask[:, idx])
-
     sub = MetaBatch(
-        pre=tasks(batch.pre),
+        pre=select_tasks(batch.pre, idx),
         pre_adv=batch.pre_adv[:, idx],
-        post=tasks(batch.post),
+        post=select_tasks(batch.post, idx),
         post_adv=batch.post_adv[:, idx],
         start={name: v[idx] for name, v in batch.start.items()},
         fast={name: v[idx] for name, v in batch.fast.items()},

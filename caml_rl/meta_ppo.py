@@ -18,7 +18,7 @@ import torch
 
 from .adaptation import adapt, log_probs, masked_task_mean
 from .config import AdaptationConfig, PPOConfig
-from .episodes import Episodes
+from .episodes import select_tasks
 from .meta import MetaBatch, mean_kl, readapt
 from .partition import FastWeights, initial_fast_weights, policy_forward
 from .policies import ContextMLPPolicy
@@ -70,12 +70,6 @@ def adapted_kl_coef(coef: float, kl: float, target: float) -> float:
     if kl > target * 1.5:
         return coef * 2
     return coef
-
-
-def select_tasks(ep: Episodes, idx: torch.Tensor) -> Episodes:
-    """The episodes of tasks ``idx`` (the task dimension is 1)."""
-    success = ep.success[idx] if ep.success is not None else None
-    return Episodes(ep.obs[:, idx], ep.actions[:, idx], ep.rewards[:, idx], ep.mask[:, idx], success)
 
 
 def _detached(fast: FastWeights) -> FastWeights:

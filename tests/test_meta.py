@@ -8,7 +8,7 @@ from conftest import random_episodes, tiny_policy
 
 from caml_rl.adaptation import adapt
 from caml_rl.config import AdaptationConfig, TRPOConfig
-from caml_rl.episodes import Episodes
+from caml_rl.episodes import select_tasks
 from caml_rl.meta import MetaBatch, fisher_vector_product, mean_kl, meta_update, readapt, surrogate_loss
 from caml_rl.partition import initial_fast_weights, policy_forward, resolve_partition
 
@@ -100,14 +100,10 @@ def test_full_metric_subsamples_whole_tasks(partition):
     sub_cfg, all_cfg = TRPOConfig(fisher="full", fvp_subsample=0.34), TRPOConfig(fisher="full", fvp_subsample=1.0)
     sampled = fisher_vector_product(policy, names, batch, ADAPT, sub_cfg, torch.Generator().manual_seed(7), old_out)(v)
     picked = torch.randperm(3, generator=torch.Generator().manual_seed(7))[:1]  # round(3 * 0.34) = 1 task
-
-    def tasks(ep: Episodes) -> Episodes:
-        return Episodes(ep.obs[:, picked], ep.actions[:, picked], ep.rewards[:, picked], ep.mask[:, picked])
-
     one = MetaBatch(
-        tasks(batch.pre),
+        select_tasks(batch.pre, picked),
         batch.pre_adv[:, picked],
-        tasks(batch.post),
+        select_tasks(batch.post, picked),
         batch.post_adv[:, picked],
         {k: x[picked] for k, x in batch.start.items()},
         {k: x[picked] for k, x in batch.fast.items()},

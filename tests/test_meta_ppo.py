@@ -13,9 +13,9 @@ from caml_rl import Trainer
 from caml_rl.adaptation import adapt, advantages, inner_loss, log_probs, masked_task_mean
 from caml_rl.checkpoint import latest_checkpoint, load_checkpoint
 from caml_rl.config import AdaptationConfig, ConfigError, PPOConfig, load_config
-from caml_rl.episodes import Episodes
+from caml_rl.episodes import Episodes, select_tasks
 from caml_rl.meta import MetaBatch
-from caml_rl.meta_ppo import MetaPPO, adapted_kl_coef, clipped_surrogate, ppo_update, select_tasks
+from caml_rl.meta_ppo import MetaPPO, adapted_kl_coef, clipped_surrogate, ppo_update
 from caml_rl.partition import initial_fast_weights
 from caml_rl.policies import ContextMLPPolicy
 from caml_rl.visualize import plot_learning_curves
