@@ -225,6 +225,8 @@ def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3, x_key: s
     with ``x_key`` also the one-step return against that config value."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"--steps {steps!r} is out of range; allowed: >= 0")
+    if x_key and steps < 1:  # the sensitivity plot shows the one-step return
+        raise ConfigError(f"--x {x_key} needs --steps >= 1 (the plot shows the one-step return); got --steps {steps}")
     out = check_out_path(out, "--out", folder=True)
     groups = collect(run_dirs)
     rows = [group_row(g, steps) for g in groups]

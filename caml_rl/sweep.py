@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_yaml_mapping
-from .config import ConfigError, load_config
+from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_yaml_mapping
+from .config import ConfigError, load_config, make_distribution
+from caml_rl.envs import TaskDistributionError
 
 
 class SweepError(ValueError):
@@ -66,6 +67,7 @@ def load_suite(path: str | Path) -> tuple[Path, list[SuiteRun]]:
             if not isinstance(entry[key], str) or not entry[key].strip():
                 raise ConfigError(f"suite {str(path)!r} run #{i}: {key} must be a non-empty string; got {entry[key]!r}")
         _check_run_name(path, i, root, entry["name"])
+        entry["name"] = Path(entry["name"]).as_posix()  # 'x/' and './x' are one directory
         sets = _suite_list(path, f"run {entry['name']!r} set", entry.get("set"), str, "KEY=VALUE strings")
         seeds = entry.get("seeds")
         if seeds is not None:
@@ -75,9 +77,9 @@ def load_suite(path: str | Path) -> tuple[Path, list[SuiteRun]]:
         for seed in seeds if seeds is not None else [None]:
             name = entry["name"] if seed is None else f"{entry['name']}_seed{seed}"
             overrides = list(sets) + ([] if seed is None else [f"seed={seed}"])
-            try:
-                load_config(entry["config"], overrides)  # fail now, not an hour in
-            except ConfigError as exc:
+            try:  # fail now, not an hour in
+                make_distribution(load_config(entry["config"], overrides).env)
+            except (ConfigError, TaskDistributionError) as exc:
                 raise ConfigError(f"suite {str(path)!r} run {name!r}: {exc}") from None
             if any(r.name == name for r in runs):
                 raise ConfigError(f"suite {str(path)!r} names run {name!r} twice; each run needs its own directory")
@@ -95,11 +97,11 @@ def _check_run_name(path: Path, i: int, root: Path, name: str) -> None:
 
 
 def run_status(run_dir: Path, iterations: int) -> str:
-    """``done``, ``partial`` (resumable) or ``new``."""
-    try:
-        iteration = int(load_checkpoint(latest_checkpoint(run_dir))["iteration"])
-    except CheckpointError:
+    """``done``, ``partial`` (resumable) or ``new``; a damaged newest checkpoint is an error
+    naming it (starting the run afresh would be refused, and would hide the damage)."""
+    if not list_checkpoints(run_dir):
         return "new"
+    iteration = int(load_checkpoint(latest_checkpoint(run_dir))["iteration"])
     return "done" if iteration >= iterations and (run_dir / "eval.json").is_file() else "partial"
 
 

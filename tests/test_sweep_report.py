@@ -3,6 +3,7 @@ import json
 import pytest
 
 from caml_rl.cli import main
+from caml_rl.checkpoint import CheckpointError
 from caml_rl.config import ConfigError
 from caml_rl.report import report
 from caml_rl.sweep import SweepError, load_suite, sweep
@@ -80,6 +81,9 @@ def test_bad_suites_and_report_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert "has no eval.json" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--x adaptation.inner_lr needs --steps >= 1"):  # checked before writing
+        report([tmp_path / "missing"], tmp_path / "o", steps=0, x_key="adaptation.inner_lr")
+    assert not (tmp_path / "o").exists()
 
 
 def test_only_that_matches_nothing_names_the_runs(suite):
@@ -89,3 +93,27 @@ def test_only_that_matches_nothing_names_the_runs(suite):
     ):
         sweep(suite, only="nav/caml")
     assert sweep(suite, only="nav/caml*", dry_run=True) == {"nav/caml_seed0": "new", "nav/caml_seed1": "new"}
+
+
+def test_suite_problems_fail_before_anything_starts(tmp_path):
+    (tmp_path / "small.yaml").write_text(SMALL)
+    suite = tmp_path / "suite.yaml"
+
+    def write(runs: str) -> None:
+        suite.write_text(f"out_root: {tmp_path / 'results'}\nruns:\n{runs}")
+
+    write(f"  - {{name: x/, config: {tmp_path / 'small.yaml'}}}\n  - {{name: ./x, config: {tmp_path / 'small.yaml'}}}\n")
+    with pytest.raises(ConfigError, match="names run 'x' twice"):  # one directory, two spellings
+        load_suite(suite)
+    write(f"  - {{name: a, config: {tmp_path / 'small.yaml'}, set: [env.name=bogus]}}\n")
+    with pytest.raises(ConfigError, match="run 'a'.*bogus"):  # the env is checked, not only the keys
+        load_suite(suite)
+    assert not (tmp_path / "results").exists()
+
+
+def test_damaged_newest_checkpoint_is_named_not_restarted(suite, tmp_path):
+    root, _ = load_suite(suite)
+    sweep(suite, only="nav/maml")
+    (root / "nav/maml/checkpoints/iter_000002.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="iter_000002.pt' is damaged"):
+        sweep(suite, only="nav/maml", dry_run=True)
