@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from caml_rl.envs.base import TaskDistribution
+from caml_rl.envs.validation import sample_tasks
 
 from .adaptation import adapt, advantages
 from .episodes import Episodes
@@ -104,7 +105,7 @@ def evaluate(
     if not (math.isfinite(inner_lr) and inner_lr > 0):  # a NaN step would give a NaN table, not an error
         raise ValueError(f"evaluation inner_lr={inner_lr!r} is out of range; allowed: a finite number > 0")
     streams = make_streams(seed, EVAL_STREAM, device)
-    tasks = distribution.sample_tasks(streams.tasks, num_tasks)
+    tasks = sample_tasks(distribution, streams.tasks, num_tasks)
     sampler = Sampler(distribution, num_tasks, episodes, torch.device(device))
     per_step: list[np.ndarray] = []
     success: list[np.ndarray] = []

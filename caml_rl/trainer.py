@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from caml_rl import envs
+from caml_rl.envs.validation import sample_tasks
 
 from .adaptation import adapt, advantages, log_probs
 from .checkpoint import CheckpointError, atomic_write_json, check_out_path, first_line, read_progress
@@ -200,7 +201,7 @@ class Trainer:
         """One meta-iteration; returns its metrics."""
         config, workers = self.config, self.workers
         t0 = time.perf_counter()
-        all_tasks = self.distribution.sample_tasks(self.streams.tasks, config.meta_batch_size)  # same on every rank
+        all_tasks = sample_tasks(self.distribution, self.streams.tasks, config.meta_batch_size)  # same on every rank
         tasks = all_tasks[self.first_task : self.first_task + self.local_tasks]
         start = initial_fast_weights(self.policy, self.partition, self.local_tasks)
         pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)

@@ -246,6 +246,11 @@ def make(name: str, **settings: Any) -> TaskDistribution:
         dist = factory(**settings)
     except TypeError as exc:
         raise TaskDistributionError(f"env {name!r} rejected its settings: {exc}") from None
+    if not isinstance(dist, TaskDistribution):
+        raise TaskDistributionError(
+            f"env {name!r} built a {type(dist).__name__}, not a caml_rl.envs.TaskDistribution; "
+            "subclass it (README: Add your own task distribution)"
+        )
     dist.validate_settings()
     return dist
 

@@ -188,6 +188,19 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def sample_tasks(dist: TaskDistribution, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
+    """``dist.sample_tasks``, checked: ``[num_tasks, len(task_names)]`` finite numbers, on every
+    call (a user's distribution that ignores ``num_tasks`` fails here by name, not in the sampler)."""
+    tasks = dist.sample_tasks(rng, num_tasks)
+    n_names = len(dist.task_names)
+    if not isinstance(tasks, np.ndarray) or tasks.shape != (num_tasks, n_names):
+        got = getattr(tasks, "shape", type(tasks).__name__)
+        _fail(env_name(dist), "sample_tasks", f"returned {got}; expected an array of shape ({num_tasks}, {n_names})")
+    if not np.issubdtype(tasks.dtype, np.number) or not np.isfinite(tasks).all():
+        _fail(env_name(dist), "sample_tasks", "returned non-finite or non-numeric task parameters")
+    return tasks
+
+
 def validate(dist: TaskDistribution, num_envs: int = 4, steps: int = 10, seed: int = 0) -> None:
     """Sample tasks, reset and step a small batch; raise ``TaskDistributionError`` on any breach.
 
@@ -200,13 +213,7 @@ def validate(dist: TaskDistribution, num_envs: int = 4, steps: int = 10, seed: i
         return
     check_spaces(dist)
     rng = np.random.default_rng(seed)
-    tasks = dist.sample_tasks(rng, 2)
-    n_names = len(dist.task_names)
-    if not isinstance(tasks, np.ndarray) or tasks.shape != (2, n_names):
-        got = getattr(tasks, "shape", type(tasks).__name__)
-        _fail(name, "sample_tasks", f"returned {got}; expected an array of shape (2, {n_names})")
-    if not np.isfinite(tasks).all():
-        _fail(name, "sample_tasks", "returned non-finite task parameters")
+    tasks = sample_tasks(dist, rng, 2)
     discrete = isinstance(dist.action_space, gym.spaces.Discrete)
     env = dist.make_vec_env(num_envs, torch.device("cpu"))
     half = num_envs // 2

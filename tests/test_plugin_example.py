@@ -99,6 +99,30 @@ def test_validator_catches_tasks_that_change_nothing():
     )
 
 
+def test_sample_tasks_is_checked_at_every_call_not_only_by_the_validator(tmp_path, monkeypatch):
+    """A distribution that always returns two tasks passed the 2-task validator, then failed in the
+    sampler with a traceback ("sampler built for 3 tasks, got 2")."""
+
+    class FixedTwo(envs.Navigation2D):
+        name = "fixed_two"
+
+        def sample_tasks(self, rng, num_tasks):
+            return super().sample_tasks(rng, 2)
+
+    monkeypatch.setattr(envs.base, "_REGISTRY", dict(envs.base._REGISTRY))
+    envs.register("fixed_two", FixedTwo)
+    cfg = load_config(None, ["env.name=fixed_two", "meta_batch_size=3", "episodes_per_task=2", "device=cpu"])
+    with pytest.raises(envs.TaskDistributionError, match=r"'fixed_two'.*sample_tasks: returned \(2, 2\); expected .*\(3, 2\)"):
+        Trainer(cfg, tmp_path / "run").train(quiet=True)
+
+
+def test_a_factory_that_builds_something_else_is_one_line(monkeypatch):
+    monkeypatch.setattr(envs.base, "_REGISTRY", dict(envs.base._REGISTRY))
+    envs.register("not_a_distribution", lambda **kw: 3)
+    with pytest.raises(envs.TaskDistributionError, match="built a int, not a caml_rl.envs.TaskDistribution"):
+        envs.make("not_a_distribution")
+
+
 def test_module_class_names_import_user_code():
     dist = envs.make("caml_rl.envs.navigation:Navigation2D", horizon=7)
     assert dist.horizon == 7
