@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_yaml_mapping
-from .config import ConfigError, load_config, make_distribution
 from caml_rl.envs import TaskDistributionError
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_yaml_mapping
+from .config import ConfigError, load_config, make_distribution
 
 
 class SweepError(ValueError):

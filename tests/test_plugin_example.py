@@ -112,7 +112,9 @@ def test_sample_tasks_is_checked_at_every_call_not_only_by_the_validator(tmp_pat
     monkeypatch.setattr(envs.base, "_REGISTRY", dict(envs.base._REGISTRY))
     envs.register("fixed_two", FixedTwo)
     cfg = load_config(None, ["env.name=fixed_two", "meta_batch_size=3", "episodes_per_task=2", "device=cpu"])
-    with pytest.raises(envs.TaskDistributionError, match=r"'fixed_two'.*sample_tasks: returned \(2, 2\); expected .*\(3, 2\)"):
+    with pytest.raises(
+        envs.TaskDistributionError, match=r"'fixed_two'.*sample_tasks: returned \(2, 2\); expected .*\(3, 2\)"
+    ):
         Trainer(cfg, tmp_path / "run").train(quiet=True)
 
 

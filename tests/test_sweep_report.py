@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from caml_rl.cli import main
 from caml_rl.checkpoint import CheckpointError
+from caml_rl.cli import main
 from caml_rl.config import ConfigError
 from caml_rl.report import report
 from caml_rl.sweep import SweepError, load_suite, sweep
@@ -102,7 +102,9 @@ def test_suite_problems_fail_before_anything_starts(tmp_path):
     def write(runs: str) -> None:
         suite.write_text(f"out_root: {tmp_path / 'results'}\nruns:\n{runs}")
 
-    write(f"  - {{name: x/, config: {tmp_path / 'small.yaml'}}}\n  - {{name: ./x, config: {tmp_path / 'small.yaml'}}}\n")
+    write(
+        f"  - {{name: x/, config: {tmp_path / 'small.yaml'}}}\n  - {{name: ./x, config: {tmp_path / 'small.yaml'}}}\n"
+    )
     with pytest.raises(ConfigError, match="names run 'x' twice"):  # one directory, two spellings
         load_suite(suite)
     write(f"  - {{name: a, config: {tmp_path / 'small.yaml'}, set: [env.name=bogus]}}\n")

@@ -129,6 +129,13 @@ def test_user_errors_are_one_line(nav_run, tmp_path, argv, exc, fragments):
         assert fragment in message, message
 
 
+def test_a_batch_too_big_for_memory_is_refused_before_anything_is_written(nav_run, tmp_path):
+    out = tmp_path / "v"
+    with pytest.raises(ValueError, match=r"this visualization needs about .* TB .*lower --tasks or --episodes"):
+        cmd_visualize(parse(str(nav_run), "--out", str(out), "--tasks", "1", "--episodes", "100000000"))
+    assert not out.exists()  # the learning curves used to be drawn first, then memory ran out
+
+
 def test_missing_run_directory(tmp_path):
     with pytest.raises(CheckpointError, match=r"run directory '.*missing' does not exist$"):
         cmd_visualize(parse(str(tmp_path / "missing")))

@@ -16,7 +16,9 @@ import numpy as np
 
 from caml_rl.envs.navigation import Navigation2D
 
-from ..runs import LoadedRun
+from ..config import ConfigError
+from ..memory import check_memory
+from ..runs import LoadedRun, space_dims
 from .curves import plot_learning_curves
 from .embedding import EMBEDDING_TASKS, plot_context_embedding
 from .navigation import plot_navigation
@@ -55,6 +57,20 @@ def visualize(
     run = as_run(run_dir)
     out = Path(out) if out else run.run_dir / "visualize"
     steps = sorted(set(int(s) for s in steps))
+    if episodes is not None and (isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1):
+        raise ConfigError(f"visualize episodes={episodes!r} is out of range; allowed: >= 1")
+    batch = (max(tasks, EMBEDDING_TASKS) + (task is not None), episodes or run.config.evaluation.episodes)
+    obs_dim, act_dim = space_dims(run.distribution)  # before anything is drawn or written
+    check_memory(
+        run.config.policy,
+        obs_dim,
+        act_dim,
+        run.distribution.horizon,
+        batch,
+        "cpu",
+        "this visualization",
+        "--tasks or --episodes",
+    )
     written: list[Path] = []
     if (run.run_dir / "progress.csv").is_file():
         written.append(plot_learning_curves(run.run_dir, out / "learning_curves.png", run.config.trpo.max_kl))
