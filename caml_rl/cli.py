@@ -181,6 +181,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = args.out or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_{stamp}"
         check_out_path(out, "--out", folder=True)
+        if args.config and Path(args.config).resolve() == (Path(out) / "config.yaml").resolve():
+            raise ConfigError(
+                f"--out {out!r} would overwrite {args.config!r}, the config you train from, with the run's "
+                "resolved config.yaml; choose another --out"
+            )
         trainer = Trainer(config, out)  # train() refuses a directory with checkpoints, on every worker
         if trainer.workers.is_main:
             workers = f" ({trainer.workers.world_size} workers)" if trainer.workers.world_size > 1 else ""

@@ -121,6 +121,11 @@ class Trainer:
         if iterations is not None:
             if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
                 raise ConfigError(f"--iterations {iterations!r} is out of range; allowed: >= 0")
+            if iterations < saved.iteration:  # would only re-evaluate, over the run's eval.json
+                raise ConfigError(
+                    f"--iterations {iterations} is below the checkpoint's iteration {saved.iteration} "
+                    f"({str(saved.path)!r}); allowed: >= {saved.iteration}"
+                )
             config = dataclasses.replace(config, iterations=iterations)
         trainer = cls(config, run_dir)
         trainer.load_state(saved)

@@ -177,6 +177,21 @@ def test_rank_variable_alone_does_not_skip_the_existing_run_check(run, capsys, m
     assert snapshot(run) == before
 
 
+def test_resume_to_fewer_iterations_than_the_checkpoint_is_refused(run, capsys):
+    """It used to 'resume at iteration 2/0' and replace eval.json with a fresh evaluation."""
+    before = snapshot(run)
+    fails(capsys, ["train", "--resume", str(run), "--iterations", "1"], "--iterations 1", "allowed: >= 2")
+    assert snapshot(run) == before
+
+
+def test_train_refuses_to_overwrite_its_own_config_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("# my notes\niterations: 1\n")
+    before = snapshot(tmp_path)
+    fails(capsys, ["train", "config.yaml", *SETS, "--out", "."], "would overwrite 'config.yaml'", "another --out")
+    assert snapshot(tmp_path) == before
+
+
 def _nan_weight(run):
     path = latest_checkpoint(run)
     payload = torch.load(path, weights_only=True)
