@@ -77,18 +77,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", newest: bool = True) -> dict[str, Any]:
+    """``newest``: the file was found as a run's newest checkpoint, so deleting it falls back to the
+    previous one (advice that would be wrong for a file the user named)."""
     path = Path(path)
+    advice = "; delete it to fall back to the previous one" if newest else ""
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a file; delete it to fall back to the previous one")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file{advice}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds for damaged files
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is damaged or not a caml-rl checkpoint ({first_line(exc)}); "
-            "delete it to fall back to the previous one"
+            f"checkpoint {str(path)!r} is damaged or not a caml-rl checkpoint ({first_line(exc)}){advice}"
         ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:

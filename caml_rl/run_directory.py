@@ -79,14 +79,24 @@ class RunDirectory:
 
     # ------------------------------------------------------------------ checkpoints
     def load(self, checkpoint: str | Path | None = None) -> Checkpoint:
-        """The given checkpoint file, or the newest one; its config must pass validation."""
+        """The given checkpoint file, or the newest one; its config must pass validation and, for
+        a given file, agree with this run's config.yaml (so results are never filed under the
+        wrong run)."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.path)
-        payload = load_checkpoint(path)
+        payload = load_checkpoint(path, newest=not checkpoint)
         try:
             config = from_dict(Config, payload["config"])
             config.validate()
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
+        recorded = self.recorded_config() if checkpoint else None
+        difference = first_difference(config, recorded) if recorded is not None else None
+        if difference is not None:
+            key, mine, theirs = difference
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not belong to run {str(self.path)!r}: it has {key}={mine!r}, "
+                f"the run's config.yaml has {theirs!r}; give the run directory the checkpoint came from"
+            )
         return Checkpoint(path, config, payload)
 
     def save(

@@ -286,6 +286,35 @@ def test_evaluate_overwrite_replaces_on_request(run, capsys):
     assert json.loads((run / "eval.json").read_text())["seed"] == 3
 
 
+def test_evaluate_checkpoint_from_another_run_is_refused(run, tmp_path, capsys):
+    """A given --checkpoint must agree with the run's config.yaml, or its numbers would be filed
+    (eval.json) under the wrong run; a file that is not a checkpoint gets no advice to delete it."""
+    other = tmp_path / "other"
+    Trainer(load_config(None, SMALL + ["iterations=1", "policy.hidden_sizes=[4]"]), other).train(
+        evaluate_at_end=False, quiet=True
+    )
+    before = snapshot(run)
+    foreign = str(latest_checkpoint(other))
+    argv = ["evaluate", str(run), "--checkpoint", foreign, "--overwrite"]
+    fails(
+        capsys, argv, "does not belong to run", "policy.hidden_sizes=[4]", "the run directory the checkpoint came from"
+    )
+    line = fails(capsys, ["evaluate", str(run), "--checkpoint", str(run / "config.yaml"), "--overwrite"], "config.yaml")
+    assert "delete it" not in line
+    assert snapshot(run) == before
+    main(
+        [
+            "evaluate",
+            str(run),
+            "--checkpoint",
+            str(run / "checkpoints" / "iter_000001.pt"),
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
+    assert json.loads((tmp_path / "e.json").read_text())["iteration"] == 1  # its own older checkpoint is fine
+
+
 # ------------------------------------------------------------------ checkpoint names
 def test_only_iter_numbered_files_are_checkpoints(run):
     newest = latest_checkpoint(run)
