@@ -383,6 +383,32 @@ def make_distribution(env: EnvConfig) -> Any:
         raise ConfigError(f"env {env.name!r} rejected its settings ({line}); check env.settings") from None
 
 
+def resolved_settings(distribution: Any, name: str) -> dict[str, Any]:
+    """A built distribution's settings, defaults included, for the run record: plain data only
+    (a numpy number or a non-string key would break config.yaml or the run's resume later)."""
+    settings = distribution.settings()
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if type(k) is not str:
+                    raise ConfigError(f"env {name!r} setting {key} has the key {k!r}; setting keys must be strings")
+                check(f"{key}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                check(f"{key}[{i}]", v)
+        elif value is not None and type(value) not in (str, int, float, bool):
+            raise ConfigError(
+                f"env {name!r} setting {key}={value!r} is a {type(value).__name__}; settings must be plain "
+                "int, float, bool, str, None, or lists and string-keyed mappings of them (convert it in the class)"
+            )
+
+    for key, value in settings.items():
+        check(key, value)
+    _check_plain("env.settings", settings)
+    return settings
+
+
 def _simple_type(tp: Any) -> bool:
     """Annotations ``_coerce`` checks exactly: int, float, bool, str, lists of them, optionals."""
     if tp in (int, float, bool, str):

@@ -51,7 +51,7 @@ from .checkpoint import (
     read_progress,
     read_yaml_mapping,
 )
-from .config import Config, ConfigError, EnvConfig, make_distribution
+from .config import Config, ConfigError, EnvConfig, make_distribution, resolved_settings
 from .evaluation import EvalResult
 from .logging import ResumableCSVOutputFormat
 from .memory import check_memory
@@ -228,7 +228,7 @@ class PPOBaselineRun:
         self.run_dir = Path(run_dir)
         self.files = RunDirectory(self.run_dir)
         self.distribution = make_distribution(config.env)
-        resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
+        resolved_env = dataclasses.replace(config.env, settings=resolved_settings(self.distribution, config.env.name))
         self.config = dataclasses.replace(config, env=resolved_env)
         obs_dim, act_dim = space_dims(self.distribution)
         policy, horizon = self.config.policy, self.distribution.horizon

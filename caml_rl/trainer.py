@@ -23,7 +23,7 @@ from caml_rl.envs.validation import sample_tasks
 
 from .adaptation import adapt, advantages, log_probs
 from .checkpoint import CheckpointError, atomic_write_json, check_out_path, first_line, read_progress
-from .config import Config, ConfigError, make_distribution
+from .config import Config, ConfigError, make_distribution, resolved_settings
 from .distributed import DistributedError, WorkerLostError, init_workers
 from .evaluation import EvalResult
 from .logging import ProgressLine, make_logger
@@ -83,7 +83,7 @@ class Trainer:
         self.distribution = make_distribution(config.env)
         envs.validate(self.distribution)  # a broken env fails here, with one line, not mid-training
         # record every setting, defaults included
-        resolved_env = dataclasses.replace(config.env, settings=self.distribution.settings())
+        resolved_env = dataclasses.replace(config.env, settings=resolved_settings(self.distribution, config.env.name))
         self.config = dataclasses.replace(config, env=resolved_env)
         self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
         self.check_memory()

@@ -125,6 +125,30 @@ def test_a_factory_that_builds_something_else_is_one_line(monkeypatch):
         envs.make("not_a_distribution")
 
 
+@pytest.mark.parametrize(
+    ("field", "fragment"),
+    [
+        (np.float64(1.0), "setting extra=np.float64(1.0) is a float64; settings must be plain"),
+        ({0: 1.0}, "setting extra has the key 0; setting keys must be strings"),
+    ],
+)
+def test_settings_that_cannot_be_recorded_are_refused_before_the_run_starts(tmp_path, monkeypatch, field, fragment):
+    """A numpy default used to fail in yaml after the first iteration; a non-string key trained,
+    then the run could be neither evaluated nor resumed."""
+
+    @dataclasses.dataclass
+    class Extra(envs.Navigation2D):
+        name = "extra_setting"
+        extra: object = dataclasses.field(default_factory=lambda: field)
+
+    monkeypatch.setattr(envs.base, "_REGISTRY", dict(envs.base._REGISTRY))
+    envs.register("extra_setting", Extra)
+    cfg = load_config(None, ["env.name=extra_setting", "meta_batch_size=2", "episodes_per_task=2", "device=cpu"])
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_module_class_names_import_user_code():
     dist = envs.make("caml_rl.envs.navigation:Navigation2D", horizon=7)
     assert dist.horizon == 7
