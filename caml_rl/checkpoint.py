@@ -200,11 +200,40 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {first_line(exc)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML where a key given twice in one mapping is an error (it silently kept the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice in one mapping (again on line {key_node.start_mark.line + 1})",
+                    None,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     """A YAML file whose top level is a mapping, or one line naming it."""
     text = read_text(path, what)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise CheckpointError(f"{what} {str(path)!r} is not valid YAML: {first_line(exc)}") from None
     if data is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import read_text
+from .checkpoint import load_yaml, read_text
 
 
 class ConfigError(ValueError):
@@ -204,7 +205,7 @@ class Config:
         ok = self.ppo.minibatches <= self.meta_batch_size
         _check("ppo.minibatches", self.ppo.minibatches, ok, f"1 to meta_batch_size ({self.meta_batch_size})")
         _check("seed", self.seed, self.seed >= 0, "an integer >= 0")
-        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ok = self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None
         _check("device", self.device, ok, "auto, cpu, cuda, cuda:N")
 
     def to_dict(self) -> dict[str, Any]:
@@ -342,7 +343,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     text = read_text(p, "config file", error=ConfigError)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {line}") from None

@@ -95,6 +95,7 @@ def run(trained, tmp_path):
         ("env.settings.goal_high=.inf", "env.settings.goal_high=inf is not a finite number"),
         ("env.settings.max_action=fast", "env.settings.max_action='fast' has the wrong type; expected float"),
         ("seed=-1", "seed=-1 is out of range"),
+        ("device=cuda:abc", "device='cuda:abc'"),
         ("seed=100000000000000000000000", "seed=100000000000000000000000 is out of range"),
         ("env.settings.horizon=1000000000", "one meta-iteration needs about"),
         ("policy.hidden_sizes=[100000000000]", "one meta-iteration needs about"),
@@ -123,6 +124,10 @@ def test_every_float_spelling_is_a_float(spelling, tmp_path):
         (b"\x00\xff\xfe\x01binary", "is not UTF-8 text"),
         ("iterations: 3\n".encode("utf-16"), "is not UTF-8 text"),
         (b"adaptation: [unclosed\n", "is not valid YAML"),
+        (
+            b"iterations: 1\nseed: 0\niterations: 2\n",
+            "key 'iterations' is given twice in one mapping (again on line 3)",
+        ),
     ],
 )
 def test_bad_config_files_name_the_file(tmp_path, capsys, content, fragment):
