@@ -29,6 +29,8 @@ def resolve_partition(policy: ContextMLPPolicy, spec: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in spec.split(",") if s.strip())
     allowed = (["context"] if has_context else []) + params
     for name in names:
+        if name == "all":  # 'all' only stands alone
+            raise PartitionError(f"adaptation.partition={spec!r} combines 'all' with other names; use 'all' alone")
         if name not in allowed:
             raise PartitionError(
                 f"adaptation.partition names {name!r}, which this policy lacks; allowed: "

@@ -83,3 +83,5 @@ def test_unknown_partition_name_is_a_clear_error():
     p = tiny_policy()
     with pytest.raises(PartitionError, match="mlp.9.bias.*allowed"):
         resolve_partition(p, "mlp.9.bias")
+    with pytest.raises(PartitionError, match="combines 'all' with other names; use 'all' alone"):
+        resolve_partition(p, "all,context")  # was: "names 'all', which this policy lacks; allowed: 'all' or ..."
