@@ -18,6 +18,7 @@ import torch
 from caml_rl.envs.base import BatchedEnv, TaskDistribution, TaskDistributionError
 from caml_rl.envs.validation import StepChecker
 
+from .config import ConfigError
 from .episodes import Episodes
 from .partition import FastWeights, policy_forward
 from .policies import ContextMLPPolicy, action_clipper
@@ -120,7 +121,8 @@ class Sampler:
             mask_buf[t] = alive_f
             try:
                 next_obs, reward, terminated = check.step(t, self.clip(action.reshape(n_t * n_e, *action.shape[3:])))
-            except TaskDistributionError:  # a non-finite value fed back to the env is the real culprit
+            except TaskDistributionError as exc:  # a non-finite value fed back to the env is the real culprit
+                _blame_policy(obs_buf[: t + 1], act_buf[: t + 1], exc)
                 check.check_rollout(obs_buf[: t + 1], rew_buf[:t], None)
                 raise
             if self.hook is not None:
@@ -132,7 +134,11 @@ class Sampler:
             obs = next_obs.to(self.device)
             if self.device.type == "cpu" and not alive.any():  # on a GPU this check would sync every step
                 break
-        check.check_rollout(obs_buf[: t + 1], rew_buf[: t + 1], obs)  # finiteness of every step, read once
+        try:
+            check.check_rollout(obs_buf[: t + 1], rew_buf[: t + 1], obs)  # finiteness of every step, read once
+        except TaskDistributionError as exc:
+            _blame_policy(obs_buf[: t + 1], act_buf, exc)
+            raise
         return Episodes(obs_buf, act_buf, rew_buf, mask_buf, succeeded if self.env.success is not None else None)
 
     def _noise(self, policy: ContextMLPPolicy, params: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
@@ -145,3 +151,16 @@ class Sampler:
 
     def close(self) -> None:
         self.env.close()
+
+
+def _blame_policy(obs: torch.Tensor, actions: torch.Tensor | None, fault: TaskDistributionError) -> None:
+    """When the first non-finite action came from finite observations, the policy is the culprit,
+    not the env it was fed to (read only after a fault: the rollout has no per-step device reads)."""
+    if actions is None or not actions.is_floating_point():
+        return
+    bad = (~torch.isfinite(actions)).flatten(1).any(1).nonzero()
+    if len(bad) and bool(torch.isfinite(obs[: int(bad[0]) + 1]).all()):
+        raise ConfigError(
+            f"the policy produced non-finite actions at step {int(bad[0])}: its weights or adapted values "
+            "blew up (an inner step too large? lower adaptation.inner_lr, evaluation.inner_lr or --inner-lr)"
+        ) from fault

@@ -351,3 +351,15 @@ def test_unsupported_action_space_is_one_line():
         "env 'multi_discrete' broke the task-distribution contract at action_space: MultiDiscrete([2 2]) is not "
         "supported; expected a gymnasium.spaces.Box or Discrete"
     )
+
+
+def test_non_finite_actions_from_a_diverged_inner_step_blame_the_policy_not_the_env(tmp_path, capsys):
+    """It said navigation2d 'broke the task-distribution contract'."""
+    sets = ["iterations=1", "meta_batch_size=2", "episodes_per_task=2", "env.settings.horizon=5", "device=cpu"]
+    argv = ["train", *[a for s in sets for a in ("--set", s)], "--set", "adaptation.inner_lr=1e308"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the policy produced non-finite actions at step 0" in err, err
+    assert "lower adaptation.inner_lr" in err and "contract" not in err
+    assert not (tmp_path / "run").exists()
