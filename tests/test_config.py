@@ -18,6 +18,13 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.env.settings == {"horizon": 50}
 
 
+def test_a_section_left_empty_in_yaml_takes_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("policy:\nenv:\n")  # both null: accepted alone, so --set into them must work too
+    cfg = load_config(path, ["policy.hidden_sizes=[5]", "env.settings.horizon=7"])
+    assert cfg.policy.hidden_sizes == [5] and cfg.env.settings == {"horizon": 7}
+
+
 def test_int_accepted_for_float():
     assert load_config(None, ["adaptation.inner_lr=1"]).adaptation.inner_lr == 1.0
 
