@@ -2,6 +2,8 @@
 (both metrics, CAML and MAML), its trust-region step lands on max_kl where the quadratic model is
 exact, and its loss's second-order gradient matches finite differences."""
 
+import math
+
 import pytest
 import torch
 from conftest import random_episodes, tiny_policy
@@ -166,3 +168,49 @@ def test_auto_metric_is_full_for_maml_and_fixed_for_the_context():
     auto = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(), None, old_out)(v)
     full = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(fisher="full"), None, old_out)(v)
     torch.testing.assert_close(auto, full)
+
+
+def normal_logp(a: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (-((a - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum()
+
+
+def test_mean_kl_and_surrogate_equal_their_closed_forms_step_by_step():
+    """Written out with loops and the diagonal-Gaussian KL formula, independent of the batched code:
+    KL(old || new) per step, averaged over each task's valid steps, then over tasks; the surrogate
+    is minus the same average of ratio * advantage."""
+    policy, _, batch = make_batch("context")
+    g = torch.Generator().manual_seed(7)
+    shape = (*batch.post.rewards.shape, 2)  # [T, tasks, episodes, act_dim]
+    old = (
+        torch.randn(shape, generator=g, dtype=torch.float64),
+        0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
+    )
+    new = (
+        torch.randn(shape, generator=g, dtype=torch.float64),
+        0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
+    )
+    ep, adv = batch.post, batch.post_adv
+    T, tasks, eps = ep.rewards.shape
+    kl_tasks, surr_tasks = [], []
+    for b in range(tasks):
+        kl_sum = surr_sum = count = 0.0
+        for t in range(T):
+            for e in range(eps):
+                if ep.mask[t, b, e] == 0:
+                    continue
+                m0, s0 = old[0][t, b, e], old[1][t, b, e].exp()
+                m1, s1 = new[0][t, b, e], new[1][t, b, e].exp()
+                kl_sum += float((torch.log(s1 / s0) + (s0**2 + (m0 - m1) ** 2) / (2 * s1**2) - 0.5).sum())
+                a = ep.actions[t, b, e]
+                logp_new = float(normal_logp(a, m1, s1))
+                logp_old = float(normal_logp(a, m0, s0))
+                surr_sum += math.exp(logp_new - logp_old) * float(adv[t, b, e])
+                count += 1
+        kl_tasks.append(kl_sum / count)
+        surr_tasks.append(surr_sum / count)
+    assert math.isclose(float(mean_kl(policy, ep, old, new)), sum(kl_tasks) / tasks, rel_tol=1e-9)
+    old_logp = policy.distribution(old).log_prob(ep.actions)
+    loss = surrogate_loss(policy, batch, new, old_logp)
+    assert math.isclose(float(loss), -sum(surr_tasks) / tasks, rel_tol=1e-9)
+    # the direction matters: KL(new || old) is a different number here
+    assert not math.isclose(float(mean_kl(policy, ep, new, old)), sum(kl_tasks) / tasks, rel_tol=1e-3)

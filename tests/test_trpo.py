@@ -43,7 +43,13 @@ def test_accepted_step_improves_and_respects_kl():
     assert stats.accepted and stats.reason == "accepted"
     assert stats.kl <= 0.01
     assert float(loss_fn().detach()) < stats.loss_before
-    assert theta[0].item() > 0
+    # The Fisher of the mean is 1/sigma^2 = 1 and the gradient is (-6, 0), so the natural direction is
+    # (6, 0) and the full step sqrt(2 max_kl / 36) * (6, 0) = (0.1414, 0): a KL of m^2 / 2 = max_kl,
+    # exact here (the KL is quadratic in the mean), so the first candidate is taken.
+    assert stats.line_search_evaluations == 1 and stats.step_fraction == 1.0
+    assert math.isclose(theta[0].item(), math.sqrt(0.02), rel_tol=1e-4) and theta[1].item() == 0.0
+    assert math.isclose(stats.kl, 0.01, rel_tol=1e-4)  # damping 1e-5 shortens it by that much
+    assert math.isclose(stats.improvement, 9.0 - (3.0 - math.sqrt(0.02)) ** 2, rel_tol=1e-4)
 
 
 def test_rejected_step_leaves_weights_untouched():
