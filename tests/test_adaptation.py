@@ -77,6 +77,12 @@ def test_first_order_drops_the_second_order_term():
     g2 = torch.autograd.grad(meta_objective(p, names, pre, pre_adv, post, post_adv, 0.5, True), w)[0]
     g1 = torch.autograd.grad(meta_objective(p, names, pre, pre_adv, post, post_adv, 0.5, False), w)[0]
     assert not torch.allclose(g1, g2)
+    # first order = the outer loss's gradient with the adapted context held constant
+    fast = adapt(p, initial_fast_weights(p, names, pre.num_tasks), pre, pre_adv, 0.5, 1, create_graph=False)
+    held = {k: v.detach() for k, v in fast.items()}
+    logp = p.distribution(policy_forward(p, post.obs, held)).log_prob(post.actions)
+    expected = torch.autograd.grad(-((logp.exp() * post_adv * post.mask).sum() / post.mask.sum()), w)[0]
+    torch.testing.assert_close(g1, expected, rtol=1e-12, atol=1e-14)
 
 
 def test_unknown_partition_name_is_a_clear_error():
