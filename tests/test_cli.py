@@ -58,12 +58,14 @@ def test_train_evaluate_resume(tmp_path, capsys):
     assert result["adapt"] == "context" and result["iteration"] == 3 and result["env"] == "navigation2d"
 
 
-def test_refuses_to_overwrite_a_run(tmp_path):
+def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", *SMALL, "--iterations", "1", "--out", str(out), "--no-eval"])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["train", *SMALL, "--iterations", "1", "--out", str(out)])
     assert exc.value.code == 2
+    assert f"run directory '{out}' already has checkpoints; use --resume {out}" in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line(tmp_path):

@@ -20,6 +20,11 @@ def test_tasks_are_uniform_in_the_configured_square():
     dist = envs.make("navigation2d", goal_low=-0.2, goal_high=0.2)
     tasks = dist.sample_tasks(np.random.default_rng(0), 1000)
     assert tasks.shape == (1000, 2) and tasks.min() >= -0.2 and tasks.max() <= 0.2
+    # uniform on [-0.2, 0.2] per axis: quartiles at -0.1, 0, 0.1 (standard error of each about 0.006)
+    np.testing.assert_allclose(
+        np.quantile(tasks, [0.25, 0.5, 0.75], axis=0), [[-0.1] * 2, [0.0] * 2, [0.1] * 2], atol=0.025
+    )
+    assert tasks.min() < -0.19 and tasks.max() > 0.19  # fills the whole square
     assert not np.array_equal(tasks, dist.sample_tasks(np.random.default_rng(1), 1000))
 
 
