@@ -89,15 +89,21 @@ class RunDirectory:
             config.validate()
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
-        recorded = self.recorded_config() if checkpoint else None
+        if checkpoint:
+            self.check_belongs(path, config)
+        return Checkpoint(path, config, payload)
+
+    def check_belongs(self, checkpoint: Path, config: Config) -> None:
+        """A checkpoint's config must agree with this run's config.yaml (apart from ``iterations``)."""
+        recorded = self.recorded_config()
         difference = first_difference(config, recorded) if recorded is not None else None
         if difference is not None:
             key, mine, theirs = difference
             raise CheckpointError(
-                f"checkpoint {str(path)!r} does not belong to run {str(self.path)!r}: it has {key}={mine!r}, "
-                f"the run's config.yaml has {theirs!r}; give the run directory the checkpoint came from"
+                f"checkpoint {str(checkpoint)!r} does not belong to this run ({str(self.path)!r}): it has "
+                f"{key}={mine!r}, the run's config.yaml has {theirs!r} (a checkpoint copied from another run, "
+                "or an edited config.yaml?)"
             )
-        return Checkpoint(path, config, payload)
 
     def save(
         self,

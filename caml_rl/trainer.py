@@ -32,7 +32,7 @@ from .meta import MetaBatch, meta_update
 from .meta_ppo import MetaPPO, ppo_update
 from .partition import initial_fast_weights, resolve_partition
 from .policies import make_policy
-from .run_directory import Checkpoint, RunDirectory, first_difference
+from .run_directory import Checkpoint, RunDirectory
 from .runs import LoadedRun, space_dims
 from .sampler import Sampler
 from .seeding import TRAIN_STREAM, make_streams
@@ -42,14 +42,7 @@ def check_run_files(run: RunDirectory, checkpoint: Path, config: Config) -> None
     """Before a resume writes anything: the checkpoint must agree with the run's config.yaml
     (apart from ``iterations``, which a resume may extend), and progress.csv and run.json must
     be readable, so that a resume which would fail fails before touching the run."""
-    recorded = run.recorded_config()
-    difference = first_difference(config, recorded) if recorded is not None else None
-    if difference is not None:
-        key, mine, theirs = difference
-        raise CheckpointError(
-            f"checkpoint {str(checkpoint)!r} does not belong to this run: it has {key}={mine!r}, the run's "
-            f"config.yaml has {theirs!r} (a checkpoint copied from another run, or an edited config.yaml?)"
-        )
+    run.check_belongs(checkpoint, config)
     if run.progress_file.exists():
         read_progress(run.progress_file)
     run.read_record()
