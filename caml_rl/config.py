@@ -217,21 +217,27 @@ def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
         raise ConfigError(f"config key {key}={value!r} is out of range; allowed: {allowed}")
 
 
-def _check_plain(key: str, value: Any) -> None:
-    """Nested settings hold only string keys and finite numbers (a non-finite range or scale
-    would let a run start and never train)."""
+def _check_plain(key: str, value: Any, who: str = "config key") -> None:
+    """Nested settings hold only plain data: string keys, finite numbers, str, bool, None (a
+    non-finite range or scale would let a run start and never train; a numpy number or a
+    non-string key cannot be recorded in config.yaml and loaded back)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(f"config key {key} has a non-string key {k!r}; keys are names")
-            _check_plain(f"{key}.{k}", v)
+            if type(k) is not str:
+                raise ConfigError(f"{who} {key} has the key {k!r}; setting keys must be strings")
+            _check_plain(f"{key}.{k}", v, who)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_plain(f"{key}[{i}]", v)
+            _check_plain(f"{key}[{i}]", v, who)
+    elif value is not None and type(value) not in (str, int, float, bool):
+        raise ConfigError(
+            f"{who} {key}={value!r} is a {type(value).__name__}; settings must be plain "
+            "int, float, bool, str, None, or lists and string-keyed mappings of them"
+        )
     elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key {key}={value!r} is not a finite number")
+        raise ConfigError(f"{who} {key}={value!r} is not a finite number")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-        raise ConfigError(f"config key {key}={value} is out of range; allowed: integers below 2**63")
+        raise ConfigError(f"{who} {key}={value} is out of range; allowed: integers below 2**63")
 
 
 def _type_name(tp: Any) -> str:
@@ -390,25 +396,8 @@ def resolved_settings(distribution: Any, name: str) -> dict[str, Any]:
     """A built distribution's settings, defaults included, for the run record: plain data only
     (a numpy number or a non-string key would break config.yaml or the run's resume later)."""
     settings = distribution.settings()
-
-    def check(key: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if type(k) is not str:
-                    raise ConfigError(f"env {name!r} setting {key} has the key {k!r}; setting keys must be strings")
-                check(f"{key}.{k}", v)
-        elif isinstance(value, list | tuple):
-            for i, v in enumerate(value):
-                check(f"{key}[{i}]", v)
-        elif value is not None and type(value) not in (str, int, float, bool):
-            raise ConfigError(
-                f"env {name!r} setting {key}={value!r} is a {type(value).__name__}; settings must be plain "
-                "int, float, bool, str, None, or lists and string-keyed mappings of them (convert it in the class)"
-            )
-
     for key, value in settings.items():
-        check(key, value)
-    _check_plain("env.settings", settings)
+        _check_plain(key, value, f"env {name!r} setting")
     return settings
 
 
