@@ -79,9 +79,8 @@ class RunDirectory:
 
     # ------------------------------------------------------------------ checkpoints
     def load(self, checkpoint: str | Path | None = None) -> Checkpoint:
-        """The given checkpoint file, or the newest one; its config must pass validation and, for
-        a given file, agree with this run's config.yaml (so results are never filed under the
-        wrong run)."""
+        """The given checkpoint file, or the newest one; its config must pass validation and agree
+        with this run's config.yaml (so results are never filed under the wrong run)."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.path)
         payload = load_checkpoint(path, newest=not checkpoint)
         try:
@@ -89,8 +88,7 @@ class RunDirectory:
             config.validate()
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
-        if checkpoint:
-            self.check_belongs(path, config)
+        self.check_belongs(path, config)
         return Checkpoint(path, config, payload)
 
     def check_belongs(self, checkpoint: Path, config: Config) -> None:

@@ -316,6 +316,9 @@ def test_evaluate_checkpoint_from_another_run_is_refused(run, tmp_path, capsys):
         ]
     )
     assert json.loads((tmp_path / "e.json").read_text())["iteration"] == 1  # its own older checkpoint is fine
+    shutil.copy(foreign, run / "checkpoints" / "iter_000009.pt")  # now the newest, found without --checkpoint
+    fails(capsys, ["evaluate", str(run), "--out", str(tmp_path / "f.json")], "does not belong to this run")
+    assert not (tmp_path / "f.json").exists()
 
 
 # ------------------------------------------------------------------ checkpoint names
