@@ -152,13 +152,20 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         metavar="CONFIG_KEY",
         help="also plot the one-step return against this config key, e.g. adaptation.inner_lr",
     )
+    p.add_argument(
+        "--eval",
+        dest="eval_name",
+        default="eval.json",
+        metavar="FILE",
+        help="each run's evaluation file (default eval.json; e.g. eval_iter150.json for a run half-way)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import report
 
     check_ranges(args, steps=AT_LEAST_0)
-    for path in report(args.run_dirs, args.out, args.steps, args.x_key):
+    for path in report(args.run_dirs, args.out, args.steps, args.x_key, args.eval_name):
         print(f"wrote {path}")
     print((Path(args.out) / "results.md").read_text())
 

@@ -1,7 +1,9 @@
 """Results tables and plots from run directories: ``caml-rl report RUN_DIRS... --out DIR``.
 
-Runs whose directory names differ only by a ``_seedN`` suffix form one row; the 95% interval
-pools the test tasks of every seed (tasks x seeds samples).
+Runs whose directory names differ only by a ``_seedN`` suffix form one row; they must agree on
+everything but the seed. Each cell is the mean over every seed's test tasks with two 95%
+t-intervals: over those pooled tasks (the trained policies held fixed) and, for several seeds,
+over the seeds' means (which includes how much training itself varies; S - 1 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from .evaluation import mean_ci95
 from .visualize.curves import draw_returns, progress_column
 
 SEED_SUFFIX = re.compile(r"_seed\d+$")
+# a row's runs must agree on these eval.json fields and on their config.yaml apart from IGNORED_CONFIG
+SAME_EVAL = ("env", "adapt", "num_tasks", "episodes_per_task", "inner_lr", "iteration")
+IGNORED_CONFIG = {"seed", "iterations", "device", "torch_threads", "checkpoint_every"}
 
 
 @dataclass
@@ -31,25 +36,85 @@ class RunGroup:
 
 
 def group_label(run_dir: Path) -> str:
+    run_dir = run_dir.resolve()
     return f"{run_dir.parent.name}/{SEED_SUFFIX.sub('', run_dir.name)}"
 
 
-def collect(run_dirs: list[str | Path]) -> list[RunGroup]:
+def collect(run_dirs: list[str | Path], eval_name: str = "eval.json") -> list[RunGroup]:
     groups: dict[str, RunGroup] = {}
-    for d in map(Path, run_dirs):
-        eval_path = d / "eval.json"
+    seen: dict[Path, str] = {}
+    for given in run_dirs:
+        d = Path(given)
+        if d.resolve() in seen:
+            raise ConfigError(f"run directory {str(given)!r} is given twice (also as {seen[d.resolve()]!r})")
+        seen[d.resolve()] = str(given)
+        eval_path = d / eval_name
         if not eval_path.is_file():
             raise CheckpointError(
-                f"run directory {str(d)!r} has no eval.json (train to the end or `caml-rl evaluate` it)"
+                f"run directory {str(d)!r} has no {eval_name} (train to the end or `caml-rl evaluate` it)"
             )
         evaluation = read_eval(eval_path)
         progress = d / "progress.csv"
         rows = read_progress(progress) if progress.is_file() else []
+        # the curve ends at the evaluated iteration, like the table (a run may have trained further)
+        rows = [r for r in rows if not r.get("iteration") or int(float(r["iteration"])) <= evaluation["iteration"]]
         g = groups.setdefault(group_label(d), RunGroup(group_label(d)))
         g.runs.append(d)
         g.evals.append(evaluation)
         g.progress.append(rows)
+    for g in groups.values():
+        check_comparable(g)
     return list(groups.values())
+
+
+def _flat(node: object, prefix: str = "") -> dict[str, object]:
+    """A nested mapping as ``{"a.b": value}``."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _config_of(run_dir: Path) -> dict[str, object] | None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return _flat(read_yaml_mapping(path, "run config"))
+
+
+def check_comparable(g: RunGroup) -> None:
+    """The seeds of one row must differ only in their seed, or the row would average unlike runs."""
+    first, first_config = g.evals[0], _config_of(g.runs[0])
+    seeds: dict[object, Path] = {}
+    for run, ev in zip(g.runs, g.evals):
+        where = f"report row {g.label!r}: {str(run)!r} and {str(g.runs[0])!r}"
+        steps = (len(ev["task_returns"]), len(first["task_returns"]))
+        if steps[0] != steps[1]:
+            raise ConfigError(
+                f"{where} were evaluated with {steps[0] - 1} and {steps[1] - 1} inner steps; "
+                "re-evaluate them alike (rows average equal runs)"
+            )
+        for key in SAME_EVAL:
+            if ev.get(key) != first.get(key):
+                raise ConfigError(
+                    f"{where} differ in their evaluation's {key} ({ev.get(key)!r} vs {first.get(key)!r});"
+                    " a row averages runs that differ only in their seed"
+                )
+        config = _config_of(run)
+        if config is None or first_config is None:
+            continue
+        for key in sorted(set(config) | set(first_config)):
+            if key.split(".")[0] not in IGNORED_CONFIG and config.get(key) != first_config.get(key):
+                raise ConfigError(
+                    f"{where} differ in config key {key} ({config.get(key)!r} vs "
+                    f"{first_config.get(key)!r}); a row averages runs that differ only in their seed"
+                )
+        seed = config.get("seed")
+        if seed in seeds:
+            raise ConfigError(
+                f"report row {g.label!r}: {str(run)!r} and {str(seeds[seed])!r} both trained with "
+                f"seed {seed!r} (the same run copied?)"
+            )
+        seeds[seed] = run
 
 
 def read_eval(path: Path) -> dict:
@@ -65,7 +130,7 @@ def read_eval(path: Path) -> dict:
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise bad(f"has {key}={data.get(key)!r}; expected {kind.__name__}")
     returns = data.get("task_returns")
-    if not isinstance(returns, list) or not all(isinstance(r, list) for r in returns):
+    if not isinstance(returns, list) or not returns or not all(isinstance(r, list) and r for r in returns):
         raise bad("has no task_returns list of per-step lists")
     if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for r in returns for x in r):
         raise bad("has task_returns that are not finite numbers")
@@ -73,7 +138,7 @@ def read_eval(path: Path) -> dict:
 
 
 def _row_at(progress: list[dict], iteration: int) -> dict:
-    """The progress row of the evaluated iteration (a run may have trained past its evaluated checkpoint)."""
+    """The progress row of the evaluated iteration."""
     return next((r for r in progress if r.get("iteration") and int(float(r["iteration"])) == iteration), progress[-1])
 
 
@@ -85,10 +150,20 @@ def _mean_of(progress: list[list[dict]], column: str) -> float:
 
 
 def group_row(g: RunGroup, steps: int) -> dict:
-    per_step = []
+    """One table row: per inner step the pooled mean, its interval over the pooled tasks and, for
+    several seeds, its interval over the seeds' means."""
+    pooled, over_seeds, seed_means = [], [], []
     for k in range(steps + 1):
-        vals = [r for e in g.evals if k < len(e["task_returns"]) for r in e["task_returns"][k]]
-        per_step.append(mean_ci95(np.array(vals)) if vals else (float("nan"), float("nan")))
+        if k >= len(g.evals[0]["task_returns"]):  # evaluated with fewer steps than the table shows
+            pooled.append((math.nan, math.nan))
+            over_seeds.append(math.nan)
+            seed_means.append([])
+            continue
+        per_seed = [np.asarray(e["task_returns"][k], dtype=np.float64) for e in g.evals]
+        pooled.append(mean_ci95(np.concatenate(per_seed)))
+        means = np.array([r.mean() for r in per_seed])
+        seed_means.append(means.tolist())
+        over_seeds.append(mean_ci95(means)[1] if len(means) > 1 else float("nan"))
     last = [_row_at(p, e["iteration"]) for p, e in zip(g.progress, g.evals) if p]
     return {
         "label": g.label,
@@ -100,9 +175,15 @@ def group_row(g: RunGroup, steps: int) -> dict:
         "env_steps": float(np.mean(progress_column(last, "time/env_steps"))) if last else float("nan"),
         "wall_hours": float(np.mean(progress_column(last, "time/total_seconds"))) / 3600 if last else float("nan"),
         "update_seconds": _mean_of(g.progress, "time/update_seconds"),
-        "returns": [m for m, _ in per_step],
-        "ci95": [c for _, c in per_step],
+        "returns": [m for m, _ in pooled],
+        "ci95": [c for _, c in pooled],
+        "ci95_over_seeds": over_seeds,
+        "seed_returns": seed_means,
     }
+
+
+def _number(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "–"  # a run that did not log it
 
 
 def markdown_table(rows: list[dict], steps: int) -> str:
@@ -118,11 +199,15 @@ def markdown_table(rows: list[dict], steps: int) -> str:
             str(r["seeds"]),
             str(r["tasks"]),
             its,
-            f"{r['env_steps'] / 1e6:.1f}",
-            f"{r['wall_hours']:.2f}",
-            f"{r['update_seconds']:.2f}",
+            _number(r["env_steps"] / 1e6, 1),
+            _number(r["wall_hours"], 2),
+            _number(r["update_seconds"], 2),
         ]
-        cells += [f"{m:.2f} ± {c:.2f}" for m, c in zip(r["returns"], r["ci95"])]
+        seeds = r.get("ci95_over_seeds") or [math.nan] * len(r["returns"])
+        cells += [
+            f"{m:.2f} ± {c:.2f}" + (f" [± {s:.2f}]" if math.isfinite(s) else "")
+            for m, c, s in zip(r["returns"], r["ci95"], seeds)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -147,8 +232,8 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
                 continue
             after = [progress_column(p, "return/after_adaptation") for p in meta]
             before = [progress_column(p, "return/before_adaptation") for p in meta]
-            n = min(map(len, after))
-            x = np.arange(1, n + 1, dtype=float)
+            n = min(map(len, after))  # equal for a row's seeds (same evaluated iteration) unless a log is short
+            x = progress_column(meta[0], "iteration")[:n]
             if column is not None:  # the seeds' mean x at each iteration
                 x = np.mean([progress_column(p, column)[:n] for p in meta], axis=0)
                 x = x / (1e6 if column == "time/env_steps" else 3600)
@@ -220,29 +305,47 @@ def plot_sensitivity(groups: list[RunGroup], rows: list[dict], key: str, out: Pa
     return path
 
 
-def report(run_dirs: list[str | Path], out: str | Path, steps: int = 3, x_key: str | None = None) -> list[Path]:
+def report(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    steps: int = 3,
+    x_key: str | None = None,
+    eval_name: str = "eval.json",
+) -> list[Path]:
     """Write ``results.md`` (+ ``results.json``), learning curves and adaptation curves to ``out``;
-    with ``x_key`` also the one-step return against that config value."""
+    with ``x_key`` also the one-step return against that config value. ``eval_name`` picks each
+    run's evaluation file (e.g. ``eval_iter150.json`` for a run half-way)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"--steps {steps!r} is out of range; allowed: >= 0")
     if x_key and steps < 1:  # the sensitivity plot shows the one-step return
         raise ConfigError(f"--x {x_key} needs --steps >= 1 (the plot shows the one-step return); got --steps {steps}")
+    if Path(eval_name).name != eval_name or not eval_name.endswith(".json"):
+        raise ConfigError(f"--eval {eval_name!r} must be a .json file name inside each run directory, e.g. eval.json")
     out = check_out_path(out, "--out", folder=True)
-    groups = collect(run_dirs)
+    groups = collect(run_dirs, eval_name)
     rows = [group_row(g, steps) for g in groups]
     if x_key:
         for g in groups:  # every run must have the key before anything is written
             config_value(g.runs[0], x_key)
     table = markdown_table(rows, steps)
     if any(len(g.runs) > 1 for g in groups):  # and each seed on its own row
+        table = (
+            "Mean over every seed's test tasks ± the 95% t-interval over those pooled tasks "
+            "[± the 95% t-interval over the seeds' means, which includes seed-to-seed variation].\n\n" + table
+        )
         singles = [
-            RunGroup(g.runs[i].name, [g.runs[i]], [g.evals[i]], [g.progress[i]])
+            RunGroup(
+                f"{g.runs[i].resolve().parent.name}/{g.runs[i].resolve().name}",
+                [g.runs[i]],
+                [g.evals[i]],
+                [g.progress[i]],
+            )
             for g in groups
             for i in range(len(g.runs))
         ]
-        table += "\nPer seed (40-task intervals of each run):\n\n" + markdown_table(
-            [group_row(g, steps) for g in singles], steps
-        )
+        tasks = sorted({e["num_tasks"] for g in singles for e in g.evals})
+        table += f"\nPer seed (95% t-intervals over each run's {'/'.join(map(str, tasks))} test tasks):\n\n"
+        table += markdown_table([group_row(g, steps) for g in singles], steps)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.md", table)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")

@@ -1,5 +1,7 @@
 import json
+import shutil
 
+import numpy as np
 import pytest
 
 from caml_rl.checkpoint import CheckpointError
@@ -61,7 +63,17 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert caml["seeds"] == 2 and caml["tasks"] == 6 and len(caml["returns"]) == 3
     assert caml["update_seconds"] > 0 and "update s/it" in (out / "results.md").read_text()
     per_seed = (out / "results.md").read_text().split("Per seed")[1]  # each seed on its own row too
-    assert "| caml_seed0 |" in per_seed and "| caml_seed1 |" in per_seed
+    assert "| nav/caml_seed0 |" in per_seed and "| nav/caml_seed1 |" in per_seed and "3 test tasks" in per_seed
+    # the pooled interval is over the 2 x 3 tasks; the bracket is over the two seeds' means (t with 1 df)
+    evals = [json.loads((root / f"nav/caml_seed{i}/eval.json").read_text())["task_returns"] for i in (0, 1)]
+    for k in range(3):
+        pooled = np.array(evals[0][k] + evals[1][k])
+        assert caml["returns"][k] == pytest.approx(pooled.mean())
+        assert caml["ci95"][k] == pytest.approx(2.5706 * pooled.std(ddof=1) / np.sqrt(6))  # t(5)
+        means = np.array([np.mean(evals[0][k]), np.mean(evals[1][k])])
+        assert caml["seed_returns"][k] == pytest.approx(means.tolist())
+        assert caml["ci95_over_seeds"][k] == pytest.approx(12.7062 * means.std(ddof=1) / np.sqrt(2))  # t(1)
+    assert f"[± {caml['ci95_over_seeds'][1]:.2f}]" in (out / "results.md").read_text()
     assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
 
     # a run evaluated at an earlier checkpoint reports that iteration's env steps, not the last row's
@@ -71,6 +83,33 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     (maml,) = json.loads((out / "results.json").read_text())
     # each iteration samples 3 tasks x 2 episodes x 10 steps before and again after adaptation
     assert maml["iterations"] == [2] and maml["env_steps"] == 2 * (2 * 3 * 2 * 10)
+
+
+def test_report_rows_average_only_runs_that_differ_in_their_seed(suite, tmp_path):
+    root, _ = load_suite(suite)
+    sweep(suite, only="nav/caml*")
+    out = tmp_path / "report"
+    with pytest.raises(ConfigError, match="is given twice"):  # one run under two spellings is not two seeds
+        report([root / "nav/caml_seed0", f"{root}/nav/../nav/caml_seed0"], out)
+    shutil.copytree(root / "nav/caml_seed1", root / "nav/caml_seed2")
+    with pytest.raises(ConfigError, match="both trained with seed 1"):
+        report([root / "nav/caml_seed1", root / "nav/caml_seed2"], out)
+    config = root / "nav/caml_seed2/config.yaml"
+    config.write_text(config.read_text().replace("seed: 1", "seed: 2").replace("inner_lr: 1.0", "inner_lr: 0.5"))
+    with pytest.raises(ConfigError, match=r"differ in config key adaptation.inner_lr \(0.5 vs 1.0\)"):
+        report([root / "nav/caml_seed0", root / "nav/caml_seed2"], out)
+    evaluated = json.loads((root / "nav/caml_seed1/eval.json").read_text())
+    (root / "nav/caml_seed1/eval.json").write_text(json.dumps({**evaluated, "iteration": 1}))
+    with pytest.raises(ConfigError, match="differ in their evaluation's iteration"):
+        report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out)
+    assert not out.exists()
+    # --eval picks another evaluation file of each run, e.g. one taken half-way
+    for seed in (0, 1):
+        (root / f"nav/caml_seed{seed}/eval_iter1.json").write_text((root / "nav/caml_seed1/eval.json").read_text())
+    report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out, eval_name="eval_iter1.json")
+    assert json.loads((out / "results.json").read_text())[0]["iterations"] == [1]
+    with pytest.raises(ConfigError, match="--eval '../x.json' must be a .json file name"):
+        report([root / "nav/caml_seed0"], out, eval_name="../x.json")
 
 
 def test_bad_suites_and_report_inputs(tmp_path, capsys):
@@ -119,3 +158,14 @@ def test_damaged_newest_checkpoint_is_named_not_restarted(suite, tmp_path):
     (root / "nav/maml/checkpoints/iter_000002.pt").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="iter_000002.pt' is damaged"):
         sweep(suite, only="nav/maml", dry_run=True)
+
+
+def test_intervals_use_students_t():
+    """With few tasks or seeds the normal quantile (1.96) makes intervals too narrow: t(2) is 4.30."""
+    from caml_rl.evaluation import mean_ci95, t975
+
+    # reference values of Student's t 0.975 quantile (table below 31 df, the series above)
+    for df, q in ((1, 12.7062), (2, 4.3027), (30, 2.0423), (31, 2.03951), (39, 2.02269), (60, 2.00030), (119, 1.98010)):
+        assert t975(df) == pytest.approx(q, abs=2e-5)
+    mean, half = mean_ci95(np.array([1.0, 2.0, 6.0]))
+    assert mean == 3.0 and half == pytest.approx(4.3027 * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3))
