@@ -206,9 +206,9 @@ def test_readme_visualize_task_example_parses():
     from caml_rl.cli import build_parser, parse_task
 
     text = README.read_text()
-    line = re.search(r"`(caml-rl visualize \S+ --task goal_velocity=1\.5[^`]*)`", text).group(1)
+    line = re.search(r"`(caml-rl visualize \S+ --task direction=-1[^`]*)`", text).group(1)
     args = build_parser().parse_args(line.split()[1:])
-    assert parse_task(args.task, ("goal_velocity",), "halfcheetah_vel") == [1.5]
+    assert parse_task(args.task, ("direction",), "halfcheetah_dir") == [-1.0]
     flags = re.search(r"`(--task goal_x=0\.3 --task goal_y=-0\.2)`", text).group(1)
     args = build_parser().parse_args(["visualize", "RUN", *flags.split()])
     assert parse_task(args.task, ("goal_x", "goal_y"), "navigation2d") == [0.3, -0.2]
