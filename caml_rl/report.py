@@ -19,6 +19,7 @@ import numpy as np
 from .checkpoint import CheckpointError, atomic_write_text, check_out_path, read_json, read_progress, read_yaml_mapping
 from .config import ConfigError
 from .evaluation import mean_ci95
+from .run_directory import first_mapping_difference
 from .visualize.curves import draw_returns, progress_column
 
 SEED_SUFFIX = re.compile(r"_seed\d+$")
@@ -67,18 +68,9 @@ def collect(run_dirs: list[str | Path], eval_name: str = "eval.json") -> list[Ru
     return list(groups.values())
 
 
-def _flat(node: object, prefix: str = "") -> dict[str, object]:
-    """A nested mapping as ``{"a.b": value}``."""
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
-
-
 def _config_of(run_dir: Path) -> dict[str, object] | None:
     path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    return _flat(read_yaml_mapping(path, "run config"))
+    return read_yaml_mapping(path, "run config") if path.is_file() else None
 
 
 def check_comparable(g: RunGroup) -> None:
@@ -102,12 +94,13 @@ def check_comparable(g: RunGroup) -> None:
         config = _config_of(run)
         if config is None or first_config is None:
             continue
-        for key in sorted(set(config) | set(first_config)):
-            if key.split(".")[0] not in IGNORED_CONFIG and config.get(key) != first_config.get(key):
-                raise ConfigError(
-                    f"{where} differ in config key {key} ({config.get(key)!r} vs "
-                    f"{first_config.get(key)!r}); a row averages runs that differ only in their seed"
-                )
+        difference = first_mapping_difference(config, first_config, IGNORED_CONFIG)
+        if difference is not None:
+            key, mine, theirs = difference
+            raise ConfigError(
+                f"{where} differ in config key {key} ({mine!r} vs {theirs!r}); a row averages runs "
+                "that differ only in their seed"
+            )
         seed = config.get("seed")
         if seed in seeds:
             raise ConfigError(

@@ -186,10 +186,18 @@ class RunDirectory:
 def first_difference(config: Config, recorded: Config) -> tuple[str, Any, Any] | None:
     """The first dotted key (sorted) where two configs differ, as ``(key, config's, recorded's)``;
     ``iterations`` is ignored (a resume may extend it). None when they agree."""
-    mine, theirs = _flatten(config.to_dict()), _flatten(recorded.to_dict())
+    return first_mapping_difference(config.to_dict(), recorded.to_dict(), ignore={"iterations"})
+
+
+def first_mapping_difference(
+    mine: dict[str, Any], theirs: dict[str, Any], ignore: set[str]
+) -> tuple[str, Any, Any] | None:
+    """The first dotted key (sorted) where two nested mappings differ, skipping the top-level
+    sections in ``ignore``; None when they agree."""
+    mine, theirs = _flatten(mine), _flatten(theirs)
     for key in sorted(mine.keys() | theirs.keys()):
         a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
-        if key != "iterations" and a != b:
+        if key.split(".")[0] not in ignore and a != b:
             return key, a, b
     return None
 
