@@ -8,11 +8,13 @@ where the last working session stopped.
 from __future__ import annotations
 
 import fnmatch
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from caml_rl.envs import TaskDistributionError
 
@@ -114,8 +116,28 @@ def command_for(run: SuiteRun, run_dir: Path, status: str) -> list[str]:
     return base + [run.config, "--out", str(run_dir), *sum((["--set", o] for o in run.overrides), [])]
 
 
+def cpu_slots(jobs: int) -> list[list[int]]:
+    """This process's CPUs dealt into ``jobs`` disjoint sets (shared round-robin when there are fewer
+    CPUs than jobs), one per run trained at once."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if jobs > len(cpus):
+        return [[cpus[i % len(cpus)]] for i in range(jobs)]
+    return [cpus[i::jobs] for i in range(jobs)]
+
+
+def _start(cmd: list[str], log: Any, cpus: list[int] | None) -> subprocess.Popen:
+    """Start one training. Side by side, each run keeps to its own CPUs, so its simulator and torch
+    size their thread pools to them (a resumed run's config keeps torch_threads 0 = all cores):
+    threads of two runs on one core wait on each other at every simulator step and OpenMP barrier."""
+    if cpus is None:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(len(cpus))}
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if hasattr(os, "sched_setaffinity") else None
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
+
+
 def sweep(suite: str | Path, jobs: int = 1, only: str | None = None, dry_run: bool = False) -> dict[str, str]:
-    """Bring every run of the suite to completion, ``jobs`` at a time (one torch thread each)."""
+    """Bring every run of the suite to completion, ``jobs`` at a time (each on its own CPUs)."""
     root, runs = load_suite(suite)
     if only:
         chosen = [r for r in runs if fnmatch.fnmatch(r.name, only)]
@@ -133,22 +155,22 @@ def sweep(suite: str | Path, jobs: int = 1, only: str | None = None, dry_run: bo
             todo.append((run, run_dir, st))
     if dry_run:
         return status
-    running: list[tuple[subprocess.Popen, str]] = []
+    slots = cpu_slots(jobs)
+    running: list[tuple[subprocess.Popen, str, int]] = []
     failed = []
     while todo or running:
         while todo and len(running) < jobs:
             run, run_dir, st = todo.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
             cmd = command_for(run, run_dir, st)
-            if jobs > 1 and st == "new":
-                cmd += ["--set", "torch_threads=1"]
+            slot = min(set(range(jobs)) - {s for _, _, s in running})
             log = open(run_dir / "train.log", "a")
             print(f"starting {run.name}: {' '.join(cmd[1:])}", flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), run.name))
+            running.append((_start(cmd, log, slots[slot] if jobs > 1 else None), run.name, slot))
         time.sleep(2)
-        for proc, name in list(running):
+        for proc, name, slot in list(running):
             if proc.poll() is not None:
-                running.remove((proc, name))
+                running.remove((proc, name, slot))
                 ok = proc.returncode == 0
                 status[name] = "done" if ok else f"failed ({proc.returncode})"
                 print(f"{status[name]:>8}  {name}", flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from caml_rl import envs
+from caml_rl.envs.simulator import cpu_count
 from caml_rl.envs.validation import sample_tasks
 
 from .adaptation import adapt, advantages, log_probs
@@ -175,6 +176,9 @@ class Trainer:
             "partition": list(self.partition),
             "device": str(self.device),
             "workers": self.workers.world_size,
+            # of the process that wrote this record last
+            "torch_threads": torch.get_num_threads(),
+            "cpus": cpu_count(),  # the simulator threads it may use
         }
         self.files.write_record(self.config, self.distribution, details, self.resumed_from)
 

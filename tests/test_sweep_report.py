@@ -6,7 +6,7 @@ import pytest
 
 from caml_rl.checkpoint import CheckpointError
 from caml_rl.cli import main
-from caml_rl.config import ConfigError
+from caml_rl.config import ConfigError, load_config
 from caml_rl.report import report
 from caml_rl.sweep import SweepError, load_suite, sweep
 
@@ -49,6 +49,15 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert sweep(suite, dry_run=True, only="nav/maml") == {"nav/maml": "partial"}
     sweep(suite, only="nav/maml")
     assert json.loads((root / "nav/maml/eval.json").read_text())["iteration"] == 3
+    # two side by side on a machine of 2 or more CPUs: new and resumed runs alike keep to their own
+    # CPUs, torch threads included (config.yaml keeps torch_threads 0)
+    assert json.loads((root / "nav/caml_seed0/run.json").read_text())["torch_threads"] == 1
+    (tmp_path / "small.yaml").write_text(SMALL.replace("iterations: 2", "iterations: 4"))
+    sweep(suite, jobs=2, only="nav/caml_seed*")
+    for seed in (0, 1):
+        record = json.loads((root / f"nav/caml_seed{seed}/run.json").read_text())
+        assert record["resumes"][-1]["iteration"] == 2 and record["torch_threads"] == 1 and record["cpus"] == 1
+        assert load_config(root / f"nav/caml_seed{seed}/config.yaml").torch_threads == 0
 
     out = tmp_path / "report"
     paths = report(
@@ -169,3 +178,15 @@ def test_intervals_use_students_t():
         assert t975(df) == pytest.approx(q, abs=2e-5)
     mean, half = mean_ci95(np.array([1.0, 2.0, 6.0]))
     assert mean == 3.0 and half == pytest.approx(4.3027 * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3))
+
+
+def test_cpu_slots_deal_the_cpus_into_disjoint_sets(monkeypatch):
+    import os
+
+    from caml_rl.sweep import cpu_slots
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 5, 7}, raising=False)
+    assert cpu_slots(1) == [[2, 3, 5, 7]]
+    assert cpu_slots(2) == [[2, 5], [3, 7]]
+    assert cpu_slots(4) == [[2], [3], [5], [7]]
+    assert cpu_slots(6) == [[2], [3], [5], [7], [2], [3]]  # more jobs than CPUs: shared round-robin
