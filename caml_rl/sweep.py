@@ -99,13 +99,15 @@ def _check_run_name(path: Path, i: int, root: Path, name: str) -> None:
         )
 
 
-def run_status(run_dir: Path, iterations: int) -> str:
-    """``done``, ``partial`` (resumable) or ``new``; a damaged newest checkpoint is an error
-    naming it (starting the run afresh would be refused, and would hide the damage)."""
+def run_status(run_dir: Path, iterations: int) -> tuple[str, int]:
+    """``done``, ``partial`` (resumable) or ``new``, and the newest checkpoint's iteration; a damaged
+    newest checkpoint is an error naming it (starting the run afresh would be refused, and would
+    hide the damage)."""
     if not list_checkpoints(run_dir):
-        return "new"
+        return "new", 0
     iteration = int(load_checkpoint(latest_checkpoint(run_dir))["iteration"])
-    return "done" if iteration >= iterations and (run_dir / "eval.json").is_file() else "partial"
+    done = iteration >= iterations and (run_dir / "eval.json").is_file()
+    return ("done" if done else "partial"), iteration
 
 
 def command_for(run: SuiteRun, run_dir: Path, status: str) -> list[str]:
@@ -148,9 +150,10 @@ def sweep(suite: str | Path, jobs: int = 1, only: str | None = None, dry_run: bo
     todo, status = [], {}
     for run in runs:
         run_dir = root / run.name
-        st = run_status(run_dir, load_config(run.config, run.overrides).iterations)
+        iterations = load_config(run.config, run.overrides).iterations
+        st, at = run_status(run_dir, iterations)
         status[run.name] = st
-        print(f"{st:>8}  {run.name}")
+        print(f"{st:>8}  {run.name}" + (f"  (checkpoint {at}/{iterations})" if st == "partial" else ""))
         if st != "done":
             todo.append((run, run_dir, st))
     if dry_run:

@@ -46,7 +46,9 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert set(sweep(suite, dry_run=True).values()) == {"done"}
     # extending one run's iterations makes it resumable, not restarted
     (tmp_path / "small.yaml").write_text(SMALL.replace("iterations: 2", "iterations: 3"))
+    capsys.readouterr()
     assert sweep(suite, dry_run=True, only="nav/maml") == {"nav/maml": "partial"}
+    assert capsys.readouterr().out == " partial  nav/maml  (checkpoint 2/3)\n"
     sweep(suite, only="nav/maml")
     assert json.loads((root / "nav/maml/eval.json").read_text())["iteration"] == 3
     # two side by side on a machine of 2 or more CPUs: new and resumed runs alike keep to their own
