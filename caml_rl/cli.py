@@ -105,7 +105,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every run of a suite, skipping finished ones and resuming the rest")
     p.add_argument("suite", help="suite YAML (see experiments/suites/)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (when > 1, each keeps to its own share of the CPUs)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each on its own CPUs)")
     p.add_argument("--only", help="glob over run names, e.g. 'navigation/caml_*'")
     p.add_argument("--dry-run", action="store_true", help="only print each run's status")
 
