@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from caml_rl.envs import TaskDistributionError
 
@@ -127,7 +127,7 @@ def cpu_slots(jobs: int) -> list[list[int]]:
     return [cpus[i::jobs] for i in range(jobs)]
 
 
-def _start(cmd: list[str], log: Any, cpus: list[int] | None) -> subprocess.Popen:
+def _start(cmd: list[str], log: IO[str], cpus: list[int] | None) -> subprocess.Popen:
     """Start one training. Side by side, each run keeps to its own CPUs, so its simulator and torch
     size their thread pools to them (a resumed run's config keeps torch_threads 0 = all cores):
     threads of two runs on one core wait on each other at every simulator step and OpenMP barrier."""
