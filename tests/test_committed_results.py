@@ -22,6 +22,7 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
         "halfcheetah_dir_scaled/maml_seed0",
         "halfcheetah_vel_scaled/caml_seed0",
         "halfcheetah_vel_scaled/maml_seed0",
+        "halfcheetah_vel_scaled/caml_promp_seed0",
         "halfcheetah_dir_peer/peer_seed1",
         "navigation_outer/ppo_seed0",
         "navigation_outer/promp_seed0",
