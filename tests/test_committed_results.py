@@ -20,6 +20,7 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
         "halfcheetah_vel/ppo_seed0",
         "halfcheetah_dir_scaled/caml_seed0",
         "halfcheetah_dir_scaled/maml_seed0",
+        "halfcheetah_dir_scaled/maml_seed1",
         "halfcheetah_vel_scaled/caml_seed0",
         "halfcheetah_vel_scaled/maml_seed0",
         "halfcheetah_vel_scaled/caml_promp_seed0",
