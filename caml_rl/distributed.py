@@ -12,6 +12,7 @@ for workers that will never come.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,8 +108,12 @@ class Workers:
         return self.rank * per_rank, per_rank
 
     def close(self) -> None:
+        """Leave the group together: a rank that tears gloo down while a peer is still finishing
+        (rank 0 writes the last checkpoint) can abort the peer at exit."""
         if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
+            gc.collect()  # free the group's gloo threads now, not in the interpreter's teardown
 
 
 def launched_by_torchrun() -> bool:
