@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from caml_rl.evaluation import t975
-from caml_rl.report import read_eval
+from caml_rl.report import SEED_SUFFIX, read_eval
 
 
 def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -50,7 +49,7 @@ def seed_means(runs: list[Path]) -> dict[str, np.ndarray]:
     """Per method, the [seeds, steps] matrix of each seed's mean return over its test tasks."""
     groups: dict[str, list[list[float]]] = {}
     for run in runs:
-        groups.setdefault(re.sub(r"_seed\d+$", "", run.name), []).append(read_eval(run / "eval.json")["returns"])
+        groups.setdefault(SEED_SUFFIX.sub("", run.name), []).append(read_eval(run / "eval.json")["returns"])
     return {method: np.asarray(rows, dtype=float) for method, rows in groups.items()}
 
 

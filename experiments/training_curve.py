@@ -11,13 +11,13 @@ compared over `--compare-window`-iteration windows (over the iterations every se
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from caml_rl.checkpoint import read_progress
+from caml_rl.report import SEED_SUFFIX
 from caml_rl.visualize.curves import progress_column
 
 MARKS = (10, 20, 40, 60, 100, 150, 200, 250, 300)
@@ -42,7 +42,7 @@ def window_mean(values: np.ndarray, end: int, window: int) -> float:
 
 def method_of(run: Path) -> str:
     """`caml_seed2` -> `caml`: the runs that are seeds of one method."""
-    return re.sub(r"_seed\d+$", "", run.name)
+    return SEED_SUFFIX.sub("", run.name)
 
 
 def seed_mean_curves(curves: dict[Path, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,0 +1,105 @@
+"""The experiments/ scripts behind numbers quoted in experiments/README.md: paired_difference.py (TRPO vs
+ProMP paired over tasks), training_curve.py (training-curve tables) and seed_difference.py (methods over
+seed means)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+VELOCITY = ROOT / "experiments" / "results" / "halfcheetah_vel_scaled"
+DIRECTION = ROOT / "experiments" / "results" / "halfcheetah_dir_scaled"
+
+
+def load(name: str):
+    """experiments/<name>.py as a module (experiments/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+paired, tc, sd = load("paired_difference"), load("training_curve"), load("seed_difference")
+
+
+def test_reproduces_the_quoted_paired_differences():
+    rows = paired.paired_difference(VELOCITY / "caml_seed0", VELOCITY / "caml_promp_seed0")
+    assert [round(m, 1) for m, _ in rows] == [22.3, 22.1, -6.2, 27.3]
+    assert [round(c, 1) for _, c in rows] == [1.3, 14.5, 14.5, 14.2]
+    summary = paired.training_summary(VELOCITY / "caml_promp_seed0", 50)
+    assert round(summary["return/after_adaptation"], 1) == -82.0
+
+
+def test_refuses_evaluations_on_different_tasks(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((VELOCITY / "caml_promp_seed0" / "eval.json").read_text())
+    data["tasks"] = list(reversed(data["tasks"]))
+    (other / "eval.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="different tasks"):
+        paired.paired_difference(VELOCITY / "caml_seed0", other)
+
+
+def test_rejects_a_bad_last_count(capsys):
+    with pytest.raises(SystemExit):
+        paired.main([str(VELOCITY / "caml_seed0"), str(VELOCITY / "caml_promp_seed0"), "--last", "0"])
+    assert "--last 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_window_means_and_leader_segments():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    b = np.array([3.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    assert tc.window_mean(a, 4, 2) == 3.5
+    assert np.isnan(tc.window_mean(a, 7, 1))
+    assert tc.segments(a, b, 2, ("a", "b")) == [("b", 1, (2, 1.5, 3.0)), ("a", 3, (6, 5.5, 3.0))]
+    assert tc.method_of(Path("x/caml_seed12")) == "caml" and tc.method_of(Path("x/caml_promp")) == "caml_promp"
+
+
+def test_seed_mean_is_cut_to_the_shortest_seed():
+    curves = {Path("caml_seed0"): np.array([1.0, 2.0, 3.0]), Path("caml_seed1"): np.array([3.0, 4.0])}
+    assert tc.seed_mean_curves(curves)["caml"].tolist() == [2.0, 3.0]
+
+
+def test_reproduces_the_quoted_direction_curve(capsys):
+    tc.main([str(DIRECTION / "caml_seed0"), str(DIRECTION / "maml_seed1"), "--at", "10", "300"])
+    out = capsys.readouterr().out
+    assert "| halfcheetah_dir_scaled/caml_seed0 (300 it) | +4.6 | +673.4 | +691.3 (its 251–300) |" in out
+    assert "| halfcheetah_dir_scaled/maml_seed1 (300 it) | +85.7 | +471.0 | +450.5 (its 251–300) |" in out
+    assert "maml ahead over iterations 1–" in out
+
+
+def test_rejects_a_directory_without_progress(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tc.main([str(tmp_path)])
+    assert "no progress.csv there" in capsys.readouterr().err
+
+
+def test_welch_matches_a_hand_computation():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 3.0])
+    diff, half, df = sd.welch(a, b)
+    va, vb = 1.0 / 3, 3.0 / 3  # sample variances 1 and 3, over n = 3
+    assert diff == pytest.approx(1.0)
+    assert df == pytest.approx((va + vb) ** 2 / (va**2 / 2 + vb**2 / 2))
+    assert df == pytest.approx(3.2)
+    assert half == pytest.approx(3.1824 * np.sqrt(va + vb))  # df rounded down to 3
+
+
+def test_permutation_p_counts_the_splits():
+    # complete separation of 3 + 3 values: only 1 of the 20 splits is as extreme
+    assert sd.permutation_p(np.array([4.0, 5.0, 6.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 20)
+    assert sd.permutation_p(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])) == pytest.approx(1.0)
+
+
+def test_reproduces_the_quoted_direction_difference(capsys):
+    sd.main([str(DIRECTION / f"{m}_seed{s}") for m in ("caml", "maml") for s in range(3)])
+    out = capsys.readouterr().out
+    assert "after 1 steps: +146.2 ± 144.4 (Welch df 3.2), permutation p 0.050" in out
+
+
+def test_needs_two_methods(capsys):
+    with pytest.raises(SystemExit):
+        sd.main([str(DIRECTION / "caml_seed0"), str(DIRECTION / "caml_seed1")])
+    assert "need two methods with at least 2 seeds each, got: caml (2 seeds)" in capsys.readouterr().err
