@@ -26,6 +26,7 @@ RESULTS = Path(__file__).parents[1] / "experiments" / "results"
         "halfcheetah_dir_scaled/caml_seed2",
         "halfcheetah_vel_scaled/caml_seed0",
         "halfcheetah_vel_scaled/maml_seed0",
+        "halfcheetah_vel_scaled/caml_seed1",
         "halfcheetah_vel_scaled/caml_promp_seed0",
         "halfcheetah_dir_peer/peer_seed1",
         "navigation_outer/ppo_seed0",
