@@ -47,11 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.last < 1:
         parser.error(f"--last {args.last}: must be at least 1")
+    try:  # a missing or damaged eval.json or progress.csv: one line naming the file
+        rows = paired_difference(args.run_a, args.run_b)
+        summaries = [training_summary(run, args.last) for run in (args.run_a, args.run_b)]
+    except ValueError as exc:
+        parser.error(str(exc))
     print(f"{args.run_b} − {args.run_a}, paired over tasks (mean ± 95% interval):")
-    for step, (mean, ci) in enumerate(paired_difference(args.run_a, args.run_b)):
+    for step, (mean, ci) in enumerate(rows):
         print(f"  after {step} steps: {mean:+.1f} ± {ci:.1f}")
-    for run in (args.run_a, args.run_b):
-        summary = training_summary(run, args.last)
+    for run, summary in zip((args.run_a, args.run_b), summaries):
         print(f"{run}, last {args.last} iterations: " + ", ".join(f"{c} {v:.2f}" for c, v in summary.items()))
 
 

@@ -3,7 +3,8 @@ an exact permutation test of the seed means.
 
     python experiments/seed_difference.py RUN [RUN ...]
 
-The runs are `<method>_seed<N>` directories of exactly two methods, each with an eval.json. Per inner-step
+The runs are `<method>_seed<N>` directories of exactly two methods, each with an eval.json, grouped and
+checked like `caml-rl report`'s rows (a method's seeds must differ only in their seed). Per inner-step
 count it prints each method's seed means (the mean over that seed's test tasks), A − B (A: the first run's
 method) with Welch's
 interval (degrees of freedom rounded down, so the interval is a little conservative) and the one-sided
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from caml_rl.evaluation import t975
-from caml_rl.report import SEED_SUFFIX, read_eval
+from caml_rl.report import SEED_SUFFIX, collect
 
 
 def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -46,18 +47,23 @@ def permutation_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def seed_means(runs: list[Path]) -> dict[str, np.ndarray]:
-    """Per method, the [seeds, steps] matrix of each seed's mean return over its test tasks."""
-    groups: dict[str, list[list[float]]] = {}
-    for run in runs:
-        groups.setdefault(SEED_SUFFIX.sub("", run.name), []).append(read_eval(run / "eval.json")["returns"])
-    return {method: np.asarray(rows, dtype=float) for method, rows in groups.items()}
+    """Per method (named by its runs' folder name, or with the parent folder where those clash), the
+    [seeds, steps] matrix of each seed's mean return over its test tasks."""
+    groups = collect(runs)
+    names = [SEED_SUFFIX.sub("", g.runs[0].name) for g in groups]
+    if len(set(names)) < len(names):
+        names = [g.label for g in groups]
+    return {n: np.asarray([e["returns"] for e in g.evals], dtype=float) for n, g in zip(names, groups)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="<method>_seed<N> run directories of two methods")
     args = parser.parse_args(argv)
-    means = seed_means(args.runs)
+    try:
+        means = seed_means(args.runs)
+    except ValueError as exc:  # a missing or damaged eval.json, or seeds that differ in more than their seed
+        parser.error(str(exc))
     if len(means) != 2 or min(len(m) for m in means.values()) < 2:
         found = ", ".join(f"{k} ({len(v)} seeds)" for k, v in means.items())
         parser.error(f"need two methods with at least 2 seeds each, got: {found}")

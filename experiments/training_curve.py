@@ -18,7 +18,7 @@ import numpy as np
 
 from caml_rl.checkpoint import read_progress
 from caml_rl.report import SEED_SUFFIX
-from caml_rl.visualize.curves import progress_column
+from caml_rl.visualize.curves import OLD_NAMES, progress_column
 
 MARKS = (10, 20, 40, 60, 100, 150, 200, 250, 300)
 
@@ -26,6 +26,8 @@ MARKS = (10, 20, 40, 60, 100, 150, 200, 250, 300)
 def curve(run: Path, column: str) -> np.ndarray:
     """The column by 1-based iteration: element i is iteration i + 1 (NaN where a row is missing)."""
     rows = read_progress(run / "progress.csv")
+    if rows and column not in rows[0] and OLD_NAMES.get(column) not in rows[0]:
+        raise ValueError(f"{run}: no column {column!r} in progress.csv; it has {', '.join(sorted(rows[0]))}")
     iterations = progress_column(rows, "iteration").astype(int)
     values = progress_column(rows, column)
     out = np.full(int(iterations.max(initial=0)), np.nan)
@@ -46,11 +48,16 @@ def method_of(run: Path) -> str:
 
 
 def seed_mean_curves(curves: dict[Path, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each method's mean curve over its seeds, cut to the iterations all of its seeds reached."""
-    groups: dict[str, list[np.ndarray]] = {}
+    """Each method's mean curve over its seeds, cut to the iterations all of its seeds reached; a method is
+    named by its runs' folder name, or with the parent folder where those clash (as in `caml-rl report`)."""
+    groups: dict[tuple[str, str], list[np.ndarray]] = {}
     for run, values in curves.items():
-        groups.setdefault(method_of(run), []).append(values)
-    return {m: np.mean([v[: min(map(len, vs))] for v in vs], axis=0) for m, vs in groups.items()}
+        groups.setdefault((run.resolve().parent.name, method_of(run)), []).append(values)
+    clash = len({method for _, method in groups}) < len(groups)
+    return {
+        f"{parent}/{method}" if clash else method: np.mean([v[: min(map(len, vs))] for v in vs], axis=0)
+        for (parent, method), vs in groups.items()
+    }
 
 
 def leaders(a: np.ndarray, b: np.ndarray, window: int) -> list[tuple[int, float, float]]:
@@ -95,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "progress.csv").is_file():
             parser.error(f"{run}: no progress.csv there; give run directories")
 
-    curves = {run: curve(run, args.column) for run in args.runs}
+    try:
+        curves = {run: curve(run, args.column) for run in args.runs}
+    except ValueError as exc:  # a damaged progress.csv or an unknown column
+        parser.error(str(exc))
     marks = " | ".join(str(m) if args.window == 1 else f"{m - args.window + 1}–{m}" for m in args.at)
     print(f"| run | {marks} | mean of the last {args.last} |")
     print("|---|" + "---|" * (len(args.at) + 1))

@@ -103,3 +103,35 @@ def test_needs_two_methods(capsys):
     with pytest.raises(SystemExit):
         sd.main([str(DIRECTION / "caml_seed0"), str(DIRECTION / "caml_seed1")])
     assert "need two methods with at least 2 seeds each, got: caml (2 seeds)" in capsys.readouterr().err
+
+
+def test_training_curve_names_an_unknown_column(capsys):
+    with pytest.raises(SystemExit):
+        tc.main([str(DIRECTION / "caml_seed0"), "--column", "return/nope"])
+    assert "no column 'return/nope' in progress.csv" in capsys.readouterr().err
+
+
+def test_methods_of_different_tasks_are_not_pooled():
+    curves = {DIRECTION / "maml_seed0": np.array([1.0]), VELOCITY / "maml_seed0": np.array([2.0])}
+    means = tc.seed_mean_curves(curves)
+    assert means.keys() == {"halfcheetah_dir_scaled/maml", "halfcheetah_vel_scaled/maml"}
+    runs = [DIRECTION / "caml_seed0", DIRECTION / "caml_seed1", DIRECTION / "maml_seed0", VELOCITY / "maml_seed0"]
+    assert sd.seed_means(runs).keys() == {
+        "halfcheetah_dir_scaled/caml",
+        "halfcheetah_dir_scaled/maml",
+        "halfcheetah_vel_scaled/maml",
+    }
+
+
+def test_seed_difference_names_a_run_without_evaluation(tmp_path, capsys):
+    (tmp_path / "caml_seed0").mkdir()
+    with pytest.raises(SystemExit):
+        sd.main([str(tmp_path / "caml_seed0"), str(DIRECTION / "maml_seed0")])
+    assert "has no eval.json" in capsys.readouterr().err
+
+
+def test_paired_difference_names_a_damaged_evaluation(tmp_path, capsys):
+    (tmp_path / "eval.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        paired.main([str(VELOCITY / "caml_seed0"), str(tmp_path)])
+    assert "eval.json" in capsys.readouterr().err
