@@ -21,6 +21,7 @@ from .checkpoint import atomic_write_json, check_out_path
 from .config import ConfigError, load_config
 from .distributed import launched_by_torchrun, rank_from_env
 from .errors import exit_status, show_warnings_in_one_line
+from .reproduction import LATER_STEPS_TOLERANCE, disagreements, machine_difference, settings_difference
 
 AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
@@ -206,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Never replaces an existing file (above all the run's training-time eval.json) unless
     ``--overwrite`` says so; every flag is checked before the (possibly long) evaluation."""
+    from .reproduction import machine_record
     from .runs import load_run
 
     positive = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
@@ -218,6 +220,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{str(out)!r} exists ({which}); give --out FILE for this evaluation, or --overwrite to replace it"
         )
     run = load_run(args.run_dir, args.checkpoint)
+    committed_file = Path(args.run_dir) / "eval.json"
+    committed = _readable_eval(committed_file)
+    if committed is not None:
+        why = machine_difference(committed.get("machine"), machine_record(run.device))
+        if why:
+            print(
+                f"note: {committed_file} comes from another machine or library versions ({why}); "
+                "a re-evaluation agrees with it statistically, not bit for bit"
+            )
     result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
     atomic_write_json(out, result.to_dict())
     print(
@@ -226,6 +237,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     print(result.table())
     print(f"wrote {out}")
+    if committed is not None and out.resolve() != committed_file.resolve():
+        print(_agreement(committed_file, committed, result.to_dict()))
+
+
+def _readable_eval(path: Path) -> dict | None:
+    """A run's eval.json to compare with, or None (absent or unreadable: then there is nothing to compare)."""
+    from .checkpoint import CheckpointError, read_json
+
+    try:
+        data = read_json(path, "evaluation") if path.is_file() else None
+    except CheckpointError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("returns"), list) else None
+
+
+def _agreement(path: Path, committed: dict, result: dict) -> str:
+    """One line: does this evaluation reproduce the run's eval.json (bit for bit, or within tolerance)?"""
+    if settings_difference(committed, result):
+        return f"not compared with {path}: {settings_difference(committed, result)}"
+    problems = disagreements(committed, result)
+    if problems:
+        return f"differs from {path}: " + "; ".join(problems)
+    if machine_difference(committed.get("machine"), result.get("machine", {})) is None:
+        return f"reproduces {path} bit for bit"
+    return (
+        f"reproduces {path} within the statistical tolerance (steps 0-1 inside its 95% CI, "
+        f"later steps within {LATER_STEPS_TOLERANCE} x)"
+    )
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:

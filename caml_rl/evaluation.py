@@ -20,6 +20,7 @@ from .adaptation import adapt, advantages
 from .episodes import Episodes
 from .partition import FastWeights, as_leaves, initial_fast_weights
 from .policies import ContextMLPPolicy
+from .reproduction import machine_record, policy_digest
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, Streams, make_streams
 
@@ -64,6 +65,9 @@ class EvalResult:
     tasks: list[list[float]] = field(default_factory=list)  # the test tasks' parameters
     task_names: list[str] = field(default_factory=list)
     success_rates: list[float] = field(default_factory=list)  # per step, for envs that report success
+    # the CPU/GPU and library versions that reproduce these numbers bit for bit (caml_rl.reproduction)
+    machine: dict = field(default_factory=dict)
+    policy_sha256: str = ""  # the evaluated weights, so a swapped checkpoint shows on any machine
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,4 +152,6 @@ def evaluate(
         tasks=tasks.tolist(),
         task_names=list(distribution.task_names),
         success_rates=[float(x.mean()) for x in success],
+        machine=machine_record(device),
+        policy_sha256=policy_digest(policy),
     )
