@@ -190,6 +190,9 @@ class Config:
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     checkpoint_every: int = 25
     """Write a checkpoint every this many iterations (and always at the end)."""
+    checkpoint_keep: int = 0
+    """Keep only the newest this many checkpoints, plus the final one and any that an eval*.json in
+    the run directory names (0 = keep every one). Resume needs only the newest."""
     torch_threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
 
@@ -201,6 +204,7 @@ class Config:
         _check("episodes_per_task", self.episodes_per_task, self.episodes_per_task >= 1, ">= 1")
         _check("iterations", self.iterations, self.iterations >= 0, ">= 0")
         _check("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
+        _check("checkpoint_keep", self.checkpoint_keep, self.checkpoint_keep >= 0, ">= 0 (0 keeps every checkpoint)")
         _check("torch_threads", self.torch_threads, 0 <= self.torch_threads <= 4096, "0 to 4096")
         ok = self.ppo.minibatches <= self.meta_batch_size
         _check("ppo.minibatches", self.ppo.minibatches, ok, f"1 to meta_batch_size ({self.meta_batch_size})")

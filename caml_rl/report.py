@@ -25,7 +25,7 @@ from .visualize.curves import draw_returns, progress_column
 SEED_SUFFIX = re.compile(r"_seed\d+$")
 # a row's runs must agree on these eval.json fields and on their config.yaml apart from IGNORED_CONFIG
 SAME_EVAL = ("env", "adapt", "num_tasks", "episodes_per_task", "inner_lr", "iteration")
-IGNORED_CONFIG = {"seed", "iterations", "device", "torch_threads", "checkpoint_every"}
+IGNORED_CONFIG = {"seed", "iterations", "device", "torch_threads", "checkpoint_every", "checkpoint_keep"}
 
 
 @dataclass

@@ -128,7 +128,26 @@ class RunDirectory:
         if optimizer is not None:
             payload["optimizer"] = optimizer
         save_checkpoint(path, payload)
+        self.prune_checkpoints(config.checkpoint_keep, config.iterations)
         return path
+
+    def prune_checkpoints(self, keep: int, final_iteration: int) -> list[Path]:
+        """Delete all but the newest ``keep`` checkpoints, the final one and those an ``eval*.json``
+        names (``keep=0``: none is deleted). Deletes nothing while an eval file cannot be read, since
+        it might name one. Returns the deleted files."""
+        found = self.checkpoints()
+        if keep <= 0 or len(found) <= keep:
+            return []
+        named = {final_iteration}
+        for eval_file in self.path.glob("eval*.json"):
+            try:
+                named.add(int(read_json(eval_file, "evaluation")["iteration"]))
+            except (CheckpointError, TypeError, KeyError, ValueError):
+                return []
+        deleted = [p for p in found[:-keep] if int(p.stem.removeprefix("iter_")) not in named]
+        for p in deleted:
+            p.unlink(missing_ok=True)
+        return deleted
 
     # ------------------------------------------------------------------ run record
     def recorded_config(self) -> Config | None:
@@ -185,8 +204,8 @@ class RunDirectory:
 
 def first_difference(config: Config, recorded: Config) -> tuple[str, Any, Any] | None:
     """The first dotted key (sorted) where two configs differ, as ``(key, config's, recorded's)``;
-    ``iterations`` is ignored (a resume may extend it). None when they agree."""
-    return first_mapping_difference(config.to_dict(), recorded.to_dict(), ignore={"iterations"})
+    ``iterations`` (a resume may extend it) and ``checkpoint_keep`` (retention) are ignored. None when they agree."""
+    return first_mapping_difference(config.to_dict(), recorded.to_dict(), ignore={"iterations", "checkpoint_keep"})
 
 
 def first_mapping_difference(

@@ -6,6 +6,7 @@ import torch
 from caml_rl import Config, Trainer, load_run
 from caml_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from caml_rl.config import load_config
+from caml_rl.run_directory import RunDirectory
 
 SMALL = [
     "meta_batch_size=4",
@@ -82,3 +83,26 @@ def test_damaged_checkpoints_are_reported_by_name(tmp_path):
         load_run(tmp_path / "run")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_run(tmp_path / "nowhere")
+
+
+def test_checkpoint_keep_prunes_old_checkpoints_but_keeps_final_and_evaluated_ones(tmp_path):
+    """keep=1 leaves the newest (resume needs it), the final one and any an eval*.json names."""
+    names = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    every, kept = tmp_path / "every", tmp_path / "kept"
+    Trainer(small_config("iterations=4", "checkpoint_every=1"), every).train(evaluate_at_end=False, quiet=True)
+    assert names(every) == [f"iter_00000{i}.pt" for i in range(1, 5)]  # the default 0 keeps every one
+    Trainer(small_config("iterations=3", "checkpoint_every=1", "checkpoint_keep=1"), kept).train(
+        evaluate_at_end=False, quiet=True
+    )
+    assert names(kept) == ["iter_000003.pt"]
+    resumed = Trainer.resume(kept, iterations=5)  # from the newest kept one
+    assert resumed.iteration == 3
+    resumed.train(evaluate_at_end=False, quiet=True)
+    assert names(kept) == ["iter_000005.pt"]
+
+    files = RunDirectory(every)
+    (every / "eval_iter2.json").write_text("{damaged")  # it might name a checkpoint: nothing is deleted
+    assert files.prune_checkpoints(1, 4) == [] and len(names(every)) == 4
+    (every / "eval_iter2.json").write_text('{"iteration": 2}')
+    assert [p.name for p in files.prune_checkpoints(1, 4)] == ["iter_000001.pt", "iter_000003.pt"]
+    assert names(every) == ["iter_000002.pt", "iter_000004.pt"]
