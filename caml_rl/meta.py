@@ -32,7 +32,9 @@ class MetaBatch:
     post: Episodes
     post_adv: torch.Tensor
     start: FastWeights  # each task's starting values
-    fast: FastWeights  # the adapted values, with their graph (second order unless first_order)
+    fast: (
+        FastWeights  # the adapted values; for TRPO with their graph (second order unless first_order), for PPO detached
+    )
     pre_logp: torch.Tensor | None = None  # log-probs of the pre-episodes' actions when sampled (lvc's pi_old)
 
 

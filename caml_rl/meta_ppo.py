@@ -29,7 +29,8 @@ class PPOStats:
     loss: float  # mean loss (clipped surrogate + KL penalty) over the Adam steps taken
     kl: float  # KL(adapted policy that sampled || adapted policy now) on the post episodes, after the update
     kl_pre: float  # KL(pre-update policy that sampled || pre-update policy now) on the pre episodes, after
-    clip_fraction: float  # fraction of post-adaptation steps whose ratio lay outside the clip range
+    clip_fraction: float  # fraction of post-adaptation steps whose ratio lay outside the clip range (per
+    # minibatch: its clipped steps over its valid steps, summed over workers; then averaged over the Adam steps)
     kl_coef: float  # the penalty weight this iteration used
     steps: int  # Adam steps taken
     skipped: int  # gradient steps skipped because the loss or a gradient was not finite
@@ -59,8 +60,15 @@ def clipped_surrogate(
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     loss = -masked_task_mean(torch.minimum(ratio * adv, clipped * adv), mask).mean()
+    outside, valid = clipped_steps(ratio, mask, clip_range)
+    return loss, outside / valid.clamp(min=1)
+
+
+def clipped_steps(ratio: torch.Tensor, mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(steps whose ratio lies outside the clip range, valid steps)``: counts, so that workers
+    holding different numbers of steps add up to the whole minibatch's fraction."""
     outside = ((ratio - 1.0).abs() > clip_range).to(mask.dtype)
-    return loss, (outside * mask).sum() / mask.sum().clamp(min=1)
+    return (outside * mask).sum(), mask.sum()
 
 
 def adapted_kl_coef(coef: float, kl: float, target: float) -> float:
@@ -79,11 +87,11 @@ def _detached(fast: FastWeights) -> FastWeights:
 def _step(
     state: MetaPPO, params: list[torch.Tensor], flat: torch.Tensor, losses: list, fractions: list, skipped: int
 ) -> tuple[list, list, int]:
-    """One Adam step from ``flat`` = (gradient, loss, clip fraction), averaged over workers; skipped
-    (weights and moments untouched) when anything in it is not finite."""
+    """One Adam step from ``flat`` = (gradient, loss, clipped steps, valid steps), averaged over
+    workers; skipped (weights and moments untouched) when anything in it is not finite."""
     if not bool(torch.isfinite(flat).all()):
         return losses, fractions, skipped + 1
-    grad = flat[:-2]
+    grad = flat[:-3]
     if state.cfg.max_grad_norm is not None:
         grad = grad * torch.clamp(state.cfg.max_grad_norm / (grad.norm() + 1e-12), max=1.0)
     offset = 0
@@ -92,7 +100,8 @@ def _step(
         offset += p.numel()
     state.adam.step()
     state.adam.zero_grad(set_to_none=True)
-    return [*losses, float(flat[-2])], [*fractions, float(flat[-1])], skipped
+    fraction = float(flat[-2] / flat[-1]) if float(flat[-1]) > 0 else 0.0  # a ratio of sums over workers
+    return [*losses, float(flat[-3])], [*fractions, fraction], skipped
 
 
 def ppo_update(
@@ -131,7 +140,7 @@ def ppo_update(
             # the minibatch's mean over tasks = the mean over workers of (sum over own tasks x workers / size)
             weight = len(idx) * workers / len(chunk)
             if len(idx) == 0:
-                flat = torch.zeros(sum(p.numel() for p in params) + 2, dtype=params[0].dtype, device=params[0].device)
+                flat = torch.zeros(sum(p.numel() for p in params) + 3, dtype=params[0].dtype, device=params[0].device)
                 losses, clip_fractions, skipped = _step(state, params, average(flat), losses, clip_fractions, skipped)
                 continue
             sub_pre, sub_post = select_tasks(pre, idx), select_tasks(post, idx)
@@ -149,9 +158,9 @@ def ppo_update(
                 behaviour,
             )
             logp = log_probs(policy, sub_post, fast)
-            loss, clip_fraction = clipped_surrogate(
-                logp, old_post_logp[:, idx], batch.post_adv[:, idx], sub_post.mask, cfg.clip_range
-            )
+            old_logp = old_post_logp[:, idx]
+            loss, _ = clipped_surrogate(logp, old_logp, batch.post_adv[:, idx], sub_post.mask, cfg.clip_range)
+            outside, valid = clipped_steps(torch.exp(logp.detach() - old_logp), sub_post.mask, cfg.clip_range)
             if state.kl_coef > 0:
                 old = tuple(o[:, idx] for o in old_pre_out)
                 loss = loss + state.kl_coef * mean_kl(policy, sub_pre, old, policy_forward(policy, sub_pre.obs, start))
@@ -159,7 +168,7 @@ def ppo_update(
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             flat = torch.cat(
                 [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]
-                + [loss.detach().reshape(1), (clip_fraction * weight).detach().reshape(1)]
+                + [loss.detach().reshape(1), outside.reshape(1), valid.reshape(1)]
             )
             losses, clip_fractions, skipped = _step(state, params, average(flat), losses, clip_fractions, skipped)
     with torch.enable_grad():  # the inner step needs gradients

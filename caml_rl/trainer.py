@@ -214,7 +214,10 @@ class Trainer:
         if adaptation.inner_objective == "lvc":
             with torch.no_grad():
                 pre_logp = log_probs(self.policy, pre, start)
-        # differentiable in the shared weights: the meta-update reuses this graph
+        # TRPO: differentiable in the shared weights, the meta-update reuses this graph. PPO re-takes
+        # the inner step at every gradient step and reads this one only detached: no graph is built
+        # (with MAML its second-order graph would be held through post-sampling and the update).
+        trpo = self.outer is None
         fast = adapt(
             self.policy,
             start,
@@ -222,10 +225,12 @@ class Trainer:
             pre_adv,
             adaptation.inner_lr,
             adaptation.inner_steps,
-            create_graph=not adaptation.first_order,
+            create_graph=trpo and not adaptation.first_order,
             objective=adaptation.inner_objective,
             behaviour_logp=pre_logp,
         )
+        if not trpo:
+            fast = {k: v.detach() for k, v in fast.items()}
         t1 = time.perf_counter()
         post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
         sampling = t_pre + time.perf_counter() - t1

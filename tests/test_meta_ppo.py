@@ -242,19 +242,12 @@ def test_minibatches_cannot_outnumber_the_tasks():
         load_config(None, SMALL + ["ppo.minibatches=5"])
 
 
-def test_uneven_minibatches_and_a_sharded_batch_take_the_same_steps():
-    """3 minibatches (2, 1 and 1 tasks) over 4 tasks; the same update computed by two 'workers' holding 2 tasks each
-    (their gradients averaged, as gloo would) equals the one-process update."""
-    policy, ep, adv = tiny_batch(5)
-    cfg = AdaptationConfig(inner_lr=0.5)
-    ppo = PPOConfig(lr=1e-2, epochs=2, minibatches=3, kl_coef=0.1)
-    whole = copy.deepcopy(policy)
-    stats = ppo_update(whole, ("context",), meta_batch(whole, ep, adv, cfg), cfg, MetaPPO(whole, ppo), gen())
-    assert stats.steps == 6
+def sharded_update(policy, ep, adv, cfg, ppo) -> tuple[list[ContextMLPPolicy], list]:
+    """The update computed by two 'workers' holding tasks 0-1 and 2-3, run in lock step in two threads:
+    a shared 'average' collects both contributions (as gloo would). Returns their policies and stats."""
     halves = [copy.deepcopy(policy), copy.deepcopy(policy)]
     shards = [torch.tensor([0, 1]), torch.tensor([2, 3])]
-    # run the two workers in lock step: a shared 'average' collects both contributions
-    barrier, slots = threading.Barrier(2), [None, None]
+    barrier, slots, stats = threading.Barrier(2), [None, None], [None, None]
 
     def average_of(rank):
         def average(x):
@@ -270,13 +263,71 @@ def test_uneven_minibatches_and_a_sharded_batch_take_the_same_steps():
         p, idx = halves[rank], shards[rank]
         sub_ep, sub_adv = select_tasks(ep, idx), adv[:, idx]
         batch = meta_batch(p, sub_ep, sub_adv, cfg)
-        ppo_update(p, ("context",), batch, cfg, MetaPPO(p, ppo), gen(), average_of(rank), (int(idx[0]), TASKS))
+        shard = (int(idx[0]), TASKS)
+        stats[rank] = ppo_update(p, ("context",), batch, cfg, MetaPPO(p, ppo), gen(), average_of(rank), shard)
 
     threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
     [t.start() for t in threads]
     [t.join() for t in threads]
+    return halves, stats
+
+
+def test_uneven_minibatches_and_a_sharded_batch_take_the_same_steps():
+    """3 minibatches (2, 1 and 1 tasks) over 4 tasks; the same update computed by two 'workers' holding 2 tasks each
+    (their gradients averaged, as gloo would) equals the one-process update."""
+    policy, ep, adv = tiny_batch(5)
+    cfg = AdaptationConfig(inner_lr=0.5)
+    ppo = PPOConfig(lr=1e-2, epochs=2, minibatches=3, kl_coef=0.1)
+    whole = copy.deepcopy(policy)
+    stats = ppo_update(whole, ("context",), meta_batch(whole, ep, adv, cfg), cfg, MetaPPO(whole, ppo), gen())
+    assert stats.steps == 6
+    halves, _ = sharded_update(policy, ep, adv, cfg, ppo)
     for a, b in zip(whole.parameters(), halves[0].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_clipped_fraction_is_the_minibatchs_whatever_the_number_of_workers():
+    """Worker 0's tasks have one valid step per episode, worker 1's four: the logged fraction is the
+    minibatch's clipped steps over its valid steps, as in one process, not a mean of the workers' fractions."""
+    policy, ep, _ = tiny_batch(5)
+    mask = ep.mask.clone()
+    mask[1:, :2] = 0.0
+    ep = Episodes(ep.obs * mask[..., None], ep.actions * mask[..., None], ep.rewards * mask, mask)
+    adv = advantages(ep, 0.99, 1.0)
+    cfg = AdaptationConfig(inner_lr=0.5)
+    ppo = PPOConfig(lr=0.1, epochs=3, minibatches=2, kl_coef=0.0, clip_range=0.05)  # large steps: some clipped
+    whole = copy.deepcopy(policy)
+    one = ppo_update(whole, ("context",), meta_batch(whole, ep, adv, cfg), cfg, MetaPPO(whole, ppo), gen())
+    assert 0 < one.clip_fraction < 1
+    _, stats = sharded_update(policy, ep, adv, cfg, ppo)
+    # counts of steps, so exactly equal unless a ratio lay within double rounding of the clip boundary
+    assert stats[0].clip_fraction == stats[1].clip_fraction == one.clip_fraction
+
+
+@pytest.mark.parametrize("optimizer", ["ppo", "trpo"])
+def test_only_trpo_keeps_the_inner_steps_graph(tmp_path, monkeypatch, optimizer):
+    """PPO re-takes the inner step at every gradient step, so the trainer's adapted values reach ppo_update
+    detached: with MAML no second-order graph is held through post-sampling and the update. TRPO's
+    meta-gradient goes through them, so they keep theirs."""
+    import caml_rl.trainer as trainer_module
+
+    seen = {}
+
+    def spy_on(name):
+        real = getattr(trainer_module, name)
+
+        def spy(policy, names, batch, *args, **kwargs):
+            seen["graph"] = [v.grad_fn is not None for v in batch.fast.values()]
+            return real(policy, names, batch, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, name, spy)
+
+    spy_on("ppo_update" if optimizer == "ppo" else "meta_update")
+    config = load_config(None, SMALL + [f"optimizer={optimizer}", "adaptation.partition=all", "iterations=1"])
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.train(evaluate_at_end=False, quiet=True)
+    assert len(seen["graph"]) == len(trainer.partition) > 2  # all the network's weights adapt (MAML)
+    assert all(seen["graph"]) if optimizer == "trpo" else not any(seen["graph"])
 
 
 def test_trpo_stays_the_default_and_logs_no_ppo_columns(tmp_path):
