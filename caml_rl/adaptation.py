@@ -2,9 +2,14 @@
 
 Two inner objectives with the same gradient at the policy that sampled the episodes:
 ``reinforce`` (``log pi * A``, the CAML/MAML papers') and ``lvc``, ProMP's low-variance-curvature
-objective (``pi / pi_behaviour * A``, Rothfuss et al. 2019), whose Hessian adds the
-``grad log pi grad log pi^T * A`` term that REINFORCE's lacks, so that the meta-gradient
-differentiated through the inner step is unbiased and of low variance.
+objective (``pi / pi_behaviour * A``, Rothfuss et al. 2019). In expectation LVC's Hessian is
+``H1 + H2`` in ProMP's decomposition (its Section 5): the curvature of ``log pi`` weighted by the
+return (``H2``, all that REINFORCE's surrogate gives) plus the score outer product
+``grad log pi grad log pi^T`` weighted by the return (``H1``). It leaves out ``H12 + H12^T``, the
+terms through ``grad Q``, so it is *not* an unbiased estimator of the Hessian or of the
+meta-gradient taken through the inner step. What ProMP shows is that it has far lower variance
+than the unbiased DiCE estimator, and argues (after Furmston et al. 2016) that the bias becomes
+negligible close to local optima.
 """
 
 from __future__ import annotations
