@@ -63,7 +63,50 @@ def make_policy(
     )
 
 
-class ContextMLPPolicy(nn.Module):
+class ActionHead:
+    """Actions from distribution parameters ``(mean, log_std)`` (Box) or ``(logits,)`` (Discrete),
+    shared by every policy the sampler drives; the subclass sets ``discrete``."""
+
+    discrete: bool
+
+    def distribution(self, params: tuple[torch.Tensor, ...]) -> Distribution:
+        if self.discrete:
+            return Categorical(logits=params[0])
+        mean, log_std = params
+        return Independent(Normal(mean, log_std.exp()), 1)
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The randomness of one action draw: standard normal (Gaussian) or uniform (categorical).
+
+        ``shape`` is the batch shape (plus the action dims for a Gaussian head); drawing it
+        separately lets a distributed sampler draw the whole batch's noise and keep its share.
+        """
+        if self.discrete:
+            return torch.rand(shape, generator=generator, device=device)
+        return torch.randn(shape, generator=generator, device=device)
+
+    def noise_shape(self, params: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+        return tuple(params[0].shape[:-1]) if self.discrete else tuple(params[0].shape)
+
+    def action_from_noise(self, params: tuple[torch.Tensor, ...], noise: torch.Tensor) -> torch.Tensor:
+        if self.discrete:  # inverse CDF of the categorical
+            cdf = torch.softmax(params[0], dim=-1).cumsum(-1)
+            return (cdf < noise.unsqueeze(-1)).sum(-1).clamp(max=params[0].shape[-1] - 1)
+        mean, log_std = params
+        return mean + log_std.exp() * noise.to(mean.dtype)
+
+    def sample(self, params: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
+        """Draw actions with an explicit generator, so runs are reproducible and resumable."""
+        noise = self.draw_noise(self.noise_shape(params), generator, params[0].device)
+        return self.action_from_noise(params, noise)
+
+    @staticmethod
+    def mode(params: tuple[torch.Tensor, ...], discrete: bool) -> torch.Tensor:
+        """The deterministic action: the mean, or the most likely category."""
+        return params[0].argmax(-1) if discrete else params[0]
+
+
+class ContextMLPPolicy(ActionHead, nn.Module):
     """MLP over ``[obs, context]`` with a Gaussian (Box) or categorical (Discrete) head.
 
     ``forward`` returns the distribution's parameters as tensors (so it can run under
@@ -110,39 +153,3 @@ class ContextMLPPolicy(nn.Module):
         if self.discrete:
             return (out,)
         return out, self.log_std.clamp(min=self.min_log_std).expand_as(out)
-
-    def distribution(self, params: tuple[torch.Tensor, ...]) -> Distribution:
-        if self.discrete:
-            return Categorical(logits=params[0])
-        mean, log_std = params
-        return Independent(Normal(mean, log_std.exp()), 1)
-
-    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """The randomness of one action draw: standard normal (Gaussian) or uniform (categorical).
-
-        ``shape`` is the batch shape (plus the action dims for a Gaussian head); drawing it
-        separately lets a distributed sampler draw the whole batch's noise and keep its share.
-        """
-        if self.discrete:
-            return torch.rand(shape, generator=generator, device=device)
-        return torch.randn(shape, generator=generator, device=device)
-
-    def noise_shape(self, params: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
-        return tuple(params[0].shape[:-1]) if self.discrete else tuple(params[0].shape)
-
-    def action_from_noise(self, params: tuple[torch.Tensor, ...], noise: torch.Tensor) -> torch.Tensor:
-        if self.discrete:  # inverse CDF of the categorical
-            cdf = torch.softmax(params[0], dim=-1).cumsum(-1)
-            return (cdf < noise.unsqueeze(-1)).sum(-1).clamp(max=params[0].shape[-1] - 1)
-        mean, log_std = params
-        return mean + log_std.exp() * noise.to(mean.dtype)
-
-    def sample(self, params: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        """Draw actions with an explicit generator, so runs are reproducible and resumable."""
-        noise = self.draw_noise(self.noise_shape(params), generator, params[0].device)
-        return self.action_from_noise(params, noise)
-
-    @staticmethod
-    def mode(params: tuple[torch.Tensor, ...], discrete: bool) -> torch.Tensor:
-        """The deterministic action: the mean, or the most likely category."""
-        return params[0].argmax(-1) if discrete else params[0]

@@ -15,26 +15,45 @@ and the algorithm that trains with them build on it.
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from .policies import ActionHead
 
 
-class RecurrentPolicy(nn.Module):
+class RecurrentPolicy(ActionHead, nn.Module):
     """GRU over ``[obs, previous action, previous reward, episode-done flag]``, with a Gaussian
     (Box) or categorical (Discrete) head and a value head on the hidden state."""
 
-    def __init__(self, obs_dim: int, action_space: gym.spaces.Space, hidden_size: int = 64, init_std: float = 1.0):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: gym.spaces.Space,
+        hidden_size: int = 64,
+        init_std: float = 1.0,
+        min_std: float = 1e-6,
+    ):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.act_dim = int(action_space.n) if self.discrete else int(torch.tensor(action_space.shape).prod())
+        self.act_dim = int(action_space.n) if self.discrete else int(math.prod(action_space.shape))
         self.input_size = obs_dim + self.act_dim + 2
         self.hidden_size = hidden_size
         self.cell = nn.GRUCell(self.input_size, hidden_size)
         self.head = nn.Linear(hidden_size, self.act_dim)
         self.value = nn.Linear(hidden_size, 1)
-        self.log_std = None if self.discrete else nn.Parameter(torch.full((self.act_dim,), float(init_std)).log())
+        self.min_log_std = math.log(min_std)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((self.act_dim,), math.log(init_std)))
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Distribution parameters from hidden states: ``(mean, log_std)`` or ``(logits,)``."""
+        out = self.head(h)
+        if self.discrete:
+            return (out,)
+        return out, self.log_std.clamp(min=self.min_log_std).expand_as(out)
 
     def inputs(self, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, prev_done: torch.Tensor):
         """One step's input ``[B, input_size]``; a discrete previous action enters one-hot."""
@@ -47,9 +66,9 @@ class RecurrentPolicy(nn.Module):
         new = self.cell(x, h)
         return new if valid is None else torch.where(valid[..., None] > 0, new, h)
 
-    def unroll(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unroll(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Distribution parameters and values for a whole trial ``x [T, B, input]`` from a zero
-        hidden state: ``(head [T, B, act_dim], value [T, B])``. Recomputed at every PPO epoch, so
+        hidden state: ``(params [T, B, ...], value [T, B])``. Recomputed at every PPO epoch, so
         no stale hidden state is reused."""
         h = x.new_zeros(x.shape[1], self.hidden_size)
         hidden = []
@@ -57,12 +76,7 @@ class RecurrentPolicy(nn.Module):
             h = self.step(x[t], h, mask[t])
             hidden.append(h)
         states = torch.stack(hidden)
-        return self.head(states), self.value(states).squeeze(-1)
-
-    def distribution(self, head: torch.Tensor) -> Distribution:
-        if self.discrete:
-            return Categorical(logits=head)
-        return Independent(Normal(head, self.log_std.exp().expand_as(head)), 1)
+        return self.params(states), self.value(states).squeeze(-1)
 
 
 def trial_gae(

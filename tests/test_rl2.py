@@ -25,11 +25,11 @@ def test_hidden_state_crosses_episode_boundaries_and_starts_at_zero_in_every_tri
     p = policy()
     x = torch.randn(6, 2, p.input_size)
     mask = torch.ones(6, 2)
-    head, _ = p.unroll(x, mask)
+    head = p.unroll(x, mask)[0][0]
     assert torch.equal(head[0], p.head(p.cell(x[0], torch.zeros(2, 8))))  # exact: the same ops
     changed = x.clone()
     changed[1, 0] += 1.0  # trial 0, first episode
-    head2, _ = p.unroll(changed, mask)
+    head2 = p.unroll(changed, mask)[0][0]
     assert (head2[3:, 0] - head[3:, 0]).abs().min() > 0  # the second episode remembers it
     assert torch.equal(head2[:, 1], head[:, 1])  # the other trial does not see it
 
@@ -38,11 +38,11 @@ def test_padded_steps_hold_the_hidden_state():
     p = policy()
     x = torch.randn(4, 1, p.input_size)
     mask = torch.tensor([[1.0], [0.0], [1.0], [1.0]])
-    head, _ = p.unroll(x, mask)
+    head = p.unroll(x, mask)[0][0]
     assert torch.equal(head[1], head[0])  # held: the padded step changed nothing
     other = x.clone()
     other[1] = 100.0  # whatever a padded step holds does not matter
-    assert torch.equal(p.unroll(other, mask)[0], head)
+    assert torch.equal(p.unroll(other, mask)[0][0], head)
 
 
 def test_trial_gae_by_hand_with_padding_in_the_middle():
