@@ -3,7 +3,11 @@
 Every rank draws the same meta-batch of tasks from the shared seed stream and keeps a
 contiguous share; it samples, fits baselines and adapts only those. The meta-gradient, every
 Fisher-vector product and the line search's losses and KLs are averaged over ranks, so all
-ranks take the same TRPO step. Only rank 0 writes logs and checkpoints.
+ranks take the same TRPO step. Every random stream advances alike on every rank: the sampler
+draws the whole batch's action and reset noise and keeps its share, and makes the same number
+of draws however soon its episodes end (``Sampler.sample``), so the PPO minibatch order and
+TRPO's metric subsample agree across ranks and rank 0's checkpointed streams are every rank's.
+Only rank 0 writes logs and checkpoints.
 
 Environment variables are read when a command needs them, never at import, and a bad or
 incomplete launcher environment stops with one line naming the variable instead of waiting

@@ -14,6 +14,7 @@ import gymnasium as gym  # noqa: E402
 from .base import (
     BatchedEnv,
     EnvFault,
+    ShardedGenerator,
     SingleTaskEnv,
     TaskDistribution,
     TaskDistributionError,
@@ -21,6 +22,7 @@ from .base import (
     make,
     register,
     registered,
+    rng_offset,
 )
 from .gym_adapter import GymTaskDistribution
 from .locomotion_registry import register_all
@@ -50,6 +52,7 @@ __all__ = [
     "EnvFault",
     "GymTaskDistribution",
     "Navigation2D",
+    "ShardedGenerator",
     "SingleTaskEnv",
     "TaskDistribution",
     "TaskDistributionError",
@@ -58,5 +61,6 @@ __all__ = [
     "make",
     "register",
     "registered",
+    "rng_offset",
     "validate",
 ]

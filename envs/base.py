@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -94,7 +95,14 @@ class BatchedEnv(ABC):
 
     @abstractmethod
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Start one episode per env; ``tasks: [num_envs, task_dim]``. Returns obs ``[num_envs, obs_dim]``."""
+        """Start one episode per env; ``tasks: [num_envs, task_dim]``. Returns obs ``[num_envs, obs_dim]``.
+
+        Draw each simulation's reset randomness as one array whose leading dimension is
+        ``num_envs`` (``rng.uniform(-s, s, size=(num_envs, k))``). Under distributed training
+        ``rng`` is a :class:`ShardedGenerator`, which makes such a draw this worker's rows of the
+        whole batch's draw, so the workers' initial states together are a single process's. A
+        per-simulation seed adds ``rng_offset(rng)`` to the simulation's index.
+        """
 
     @abstractmethod
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,6 +116,83 @@ class BatchedEnv(ABC):
 
     def close(self) -> None:
         """Release simulator resources."""
+
+
+class ShardedGenerator(np.random.Generator):
+    """One worker's view of the whole batch's reset randomness (distributed training).
+
+    It shares the bit generator of the stream it wraps, so it advances that stream exactly as a
+    single process would. Any draw whose ``size`` leads with this worker's ``num_envs``
+    (``size=num_envs`` or ``size=(num_envs, ...)``) is drawn for the whole batch,
+    ``total_envs`` rows, and this worker's rows ``first_env .. first_env + num_envs`` are
+    returned; every other draw (a scalar seed, say) is the one every worker makes. Parameters
+    (``low``, ``scale``, ...) must broadcast against the whole batch's shape: scalars, or arrays
+    over the trailing dimensions. The cost is drawing the whole batch's reset noise on every
+    worker, once per rollout: a few thousand numbers for the MuJoCo tasks.
+    """
+
+    def __init__(self, rng: np.random.Generator, first_env: int, num_envs: int, total_envs: int):
+        super().__init__(rng.bit_generator)
+        if not (0 <= first_env and num_envs >= 1 and first_env + num_envs <= total_envs):
+            raise ValueError(f"sims {first_env}..{first_env + num_envs - 1} are not within a batch of {total_envs}")
+        self.first_env, self.num_envs, self.total_envs = first_env, num_envs, total_envs
+
+    def _whole_batch(self, size: Any) -> Any:
+        """``size`` widened to the whole batch, or None when the draw is not per simulation."""
+        if size is None or self.num_envs == self.total_envs:
+            return None
+        if isinstance(size, int | np.integer):
+            return self.total_envs if int(size) == self.num_envs else None
+        size = tuple(size)
+        return (self.total_envs, *size[1:]) if size and int(size[0]) == self.num_envs else None
+
+
+def _sharded_draw(name: str) -> Callable[..., Any]:
+    method = getattr(np.random.Generator, name)
+    signature = inspect.signature(method)
+
+    def draw(self: ShardedGenerator, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        out, size = bound.arguments.get("out"), bound.arguments.get("size")
+        if size is None and out is not None:
+            size = out.shape
+        whole = self._whole_batch(size)
+        if whole is None:
+            return method(self, *args, **kwargs)
+        bound.arguments["size"] = whole
+        bound.arguments.pop("out", None)
+        rows = method(*bound.args, **bound.kwargs)[self.first_env : self.first_env + self.num_envs]
+        if out is None:
+            return rows
+        out[...] = rows
+        return out
+
+    draw.__name__, draw.__doc__ = name, method.__doc__
+    return draw
+
+
+def _draws_with_size() -> list[str]:
+    names = []
+    for name in dir(np.random.Generator):
+        if name.startswith("_"):
+            continue
+        try:
+            params = inspect.signature(getattr(np.random.Generator, name)).parameters
+        except (TypeError, ValueError):
+            continue
+        if "size" in params:
+            names.append(name)
+    return names
+
+
+for _name in _draws_with_size():
+    setattr(ShardedGenerator, _name, _sharded_draw(_name))
+
+
+def rng_offset(rng: np.random.Generator) -> int:
+    """The index in the whole batch of this env's first simulation: ``rng.first_env`` under
+    distributed training (a :class:`ShardedGenerator`), else 0."""
+    return int(getattr(rng, "first_env", 0))
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .base import BatchedEnv, EnvFault, TaskDistribution, TaskDistributionError, one_line
+from .base import BatchedEnv, EnvFault, TaskDistribution, TaskDistributionError, one_line, rng_offset
 
 _NUMBERS = (float, int, np.float64, np.float32, np.int64, np.int32)
 _BOOLS = (bool, np.bool_)
@@ -112,7 +112,8 @@ class GymVecEnv(BatchedEnv):
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         self._tasks = np.asarray(tasks, dtype=np.float64).reshape(self.num_envs, -1)
-        seed = int(rng.integers(2**31))  # env i gets seed + i, as SyncVectorEnv.reset(seed=seed) gives
+        # env i gets seed + i, as SyncVectorEnv.reset(seed=seed) gives; i counts in the whole batch
+        seed = int(rng.integers(2**31)) + rng_offset(rng)
         for i, env in enumerate(self.envs):  # once per batch of episodes, not per step
             set_task = self._set_task[i]
             if set_task is None:
