@@ -117,6 +117,17 @@ class BatchedEnv(ABC):
     def close(self) -> None:
         """Release simulator resources."""
 
+    def pending_faults(self) -> torch.Tensor | None:
+        """For an env that defers its fault checks (a GPU simulator must not wait for the device at
+        every step): a 0-dim bool tensor on its device, computed without reading it, true when a
+        simulation went bad since the last reset. The sampler folds it into its one end-of-rollout
+        read and, when it is true, calls :meth:`report_faults`. None (the default): every step is
+        checked as it happens."""
+        return None
+
+    def report_faults(self) -> None:
+        """Raise ``TaskDistributionError`` for the faults :meth:`pending_faults` flagged."""
+
 
 class ShardedGenerator(np.random.Generator):
     """One worker's view of the whole batch's reset randomness (distributed training).

@@ -182,9 +182,11 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
 
     Every world steps, terminated ones too; their observation freezes and their reward is 0, as
     on the host. On Warp's CPU device every step is checked at once (as on the host); on a GPU
-    nothing waits for the device: a world whose state goes bad is recorded on the device and
-    reported by the next ``reset`` (a non-finite observation is caught sooner, by the sampler's
-    end-of-rollout check). ``info["velocity"]`` is a float32 tensor on the device.
+    nothing waits for the device: the step at which a world's state went bad (not finite, huge,
+    or a contact/constraint buffer overflowed) is recorded on the device, and the sampler's one
+    end-of-rollout read raises for it (:meth:`pending_faults`), so no rollout's numbers are
+    returned from a faulty world. A rollout driven without the sampler gets the fault from the
+    next ``reset``. ``info["velocity"]`` is a float32 tensor on the device.
     """
 
     def __init__(self, dist: MujocoTaskDistribution, sim: Simulator, device: torch.device):
@@ -196,6 +198,7 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
         self._first_bad = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
         self._eager = self.device.type == "cpu"
         self._obs: torch.Tensor | None = None
+        self._unread = False  # a step ran since the deferred faults were last read or handed out
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         self._report_deferred()
@@ -217,6 +220,7 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
             j = int((~torch.isfinite(a[bad[0]])).nonzero()[0, 0])
             self._raise(bad, [f"action[{j}]={float(a[bad[0], j])}"], "got a non-finite action")
         sim, done = self.sim, self._done_t
+        self._unread = not self._eager
         with sim.scope():
             a = (a.to(self.device, torch.float32) / self.dist.action_scale).clamp(-1.0, 1.0)
             sim.set_ctrl(self._mid_t + a * self._half_t)
@@ -245,11 +249,27 @@ class DeviceLocomotionVecEnv(LocomotionVecEnv):
             parts.append(sim.body_xpos(1))
         return torch.cat(parts, dim=1)
 
-    def _report_deferred(self) -> None:
-        """Raise for a world that went bad in the last episodes on a GPU (one device read per reset)."""
-        if self._eager or self._obs is None:
+    def pending_faults(self) -> torch.Tensor | None:
+        """Whether a world went bad since the last reset: a 0-dim bool on the device, not read here
+        (the sampler reads it with its end-of-rollout check). None when every step is checked."""
+        if self._eager:
+            return None
+        self._unread = False  # the caller reads it and calls report_faults when it is true
+        with self.sim.scope():
+            return (self._first_bad >= 0).any()
+
+    def report_faults(self) -> None:
+        """Raise for the world that went bad first (reads the device)."""
+        if not self._eager:
+            self._report_deferred(force=True)
+
+    def _report_deferred(self, force: bool = False) -> None:
+        """Raise for a world that went bad in the last episodes on a GPU: at ``reset`` only when
+        nobody has read :meth:`pending_faults` since the last step (one device read then)."""
+        if self._eager or self._obs is None or not (force or self._unread):
             return
-        first = self._first_bad.cpu().numpy()
+        self._unread = False
+        first = self._first_bad.cpu().numpy().copy()  # on the CPU .cpu() is no copy, and fill_ below clears it
         if (first >= 0).any():
             bad = np.flatnonzero(first >= 0)
             bad = bad[np.argsort(first[bad], kind="stable")]

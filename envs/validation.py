@@ -105,14 +105,22 @@ class StepChecker:
         ``obs [steps, ...]``: the observation at each time step (row 0 from ``reset``, row ``s``
         from step ``s - 1``); ``rewards [steps, ...]``; ``last_obs``: the observation after the
         last step (None when the env raised at step ``steps``, so it has none). Raises for the
-        earliest non-finite value.
+        env's deferred faults (:meth:`BatchedEnv.pending_faults`, e.g. a GPU simulator's world whose
+        state blew up or whose buffers overflowed: its numbers may be finite but wrong), then for
+        the earliest non-finite value.
         """
         steps, n = rewards.shape[0], self.num_envs
         ok = torch.isfinite(obs).all() & torch.isfinite(rewards).all()
         if last_obs is not None:
             ok &= torch.isfinite(last_obs).all()
+        pending = getattr(self.env, "pending_faults", lambda: None)()
+        if pending is not None:
+            ok &= ~pending.to(ok.device)
         if bool(ok):  # the only device read of the rollout
             return
+        if pending is not None and bool(pending):
+            self.env.report_faults()
+            self._fault("end of rollout", "pending_faults() was true but report_faults() raised nothing")
         obs = obs.reshape(obs.shape[0], n, -1)
         if last_obs is not None:
             obs = torch.cat([obs, last_obs.reshape(1, n, -1).to(obs.device, obs.dtype)])

@@ -174,6 +174,60 @@ def test_contract_and_failures_name_the_sim_and_task():
     env.close()
 
 
+def test_deferred_faults_are_reported_by_the_rollout_they_happen_in():
+    """The GPU's fault path on Warp's CPU device: with the checks deferred (nothing read per step), a world
+    whose constraint buffer overflows in the last step of a rollout (its numbers stay finite, and wrong)
+    makes that rollout raise at its end, from the sampler's one end-of-rollout read; the next reset used to
+    be the first to say so, and a sampler's final rollout has none. Without the sampler, reset still does."""
+    import warp as wp
+    from mujoco_warp import OverflowType
+
+    from caml_rl.config import PolicyConfig
+    from caml_rl.partition import initial_fast_weights
+    from caml_rl.policies import make_policy
+    from caml_rl.sampler import Sampler
+
+    horizon = 4
+    dist = make("halfcheetah_vel", simulator="warp", horizon=horizon)
+    sampler = Sampler(dist, 2, 2, CPU)
+    env = sampler.env
+    env._eager = False  # as on a GPU: faults are recorded on the device, not read at each step
+
+    class Overflow:
+        """After step ``at``, flag world 3's constraint buffer as overflowed (as MuJoCo Warp does)."""
+
+        def __init__(self, at: int):
+            self.at = at
+
+        def on_reset(self, env, obs) -> None:
+            pass
+
+        def on_step(self, env, obs) -> None:
+            if env._t == self.at:
+                wp.to_torch(env.sim._d.overflow)[3] |= int(OverflowType.NEFC)
+
+    torch.manual_seed(0)
+    policy = make_policy(PolicyConfig(hidden_sizes=[8]), dist.observation_space, dist.action_space)
+    tasks = dist.sample_tasks(np.random.default_rng(0), 2)
+    fast = initial_fast_weights(policy, ("context",), 2)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    episodes = sampler.sample(policy, tasks, fast, rng, gen)  # no fault: nothing raised
+    assert torch.isfinite(episodes.obs).all()
+    sampler.hook = Overflow(at=horizon - 1)  # seen by the last step's check
+    with pytest.raises(TaskDistributionError, match=rf"sim 3 .*became unstable at step {horizon}: .*overflowed NEFC"):
+        sampler.sample(policy, tasks, fast, rng, gen)
+    sampler.hook = None
+    assert torch.isfinite(sampler.sample(policy, tasks, fast, rng, gen).obs).all()  # reported once, not again
+
+    env.reset(np.repeat(tasks, 2, axis=0), rng)  # driven directly, without the sampler's read
+    env.step(torch.zeros(4, 6))
+    Overflow(at=1).on_step(env, None)
+    env.step(torch.zeros(4, 6))
+    with pytest.raises(TaskDistributionError, match=r"sim 3 .*became unstable at step 2: .*overflowed NEFC"):
+        env.reset(np.repeat(tasks, 2, axis=0), rng)
+    sampler.close()
+
+
 def test_ant_terminates_and_freezes_like_the_c_simulator():
     dist = make("ant_vel", healthy_z_high=0.75)  # about half the torsos start above 0.75 m: they end at once
     tasks = np.full((16, 1), 1.0)
