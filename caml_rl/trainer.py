@@ -36,7 +36,7 @@ from .policies import make_policy
 from .run_directory import Checkpoint, RunDirectory
 from .runs import LoadedRun, space_dims
 from .sampler import Sampler
-from .seeding import TRAIN_STREAM, make_streams
+from .seeding import TRAIN_STREAM, StreamDeviceError, make_streams
 
 
 def check_run_files(run: RunDirectory, checkpoint: Path, config: Config) -> None:
@@ -137,6 +137,8 @@ class Trainer:
             )
         try:
             self.streams.load_state(rng)
+        except StreamDeviceError as exc:  # resumed on another kind of machine: not damage
+            raise CheckpointError(f"checkpoint {str(saved.path)!r}: {exc}") from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"checkpoint {str(saved.path)!r} has damaged random-stream state ({first_line(exc, 80)})"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from caml_rl import Config, Trainer, load_run
-from caml_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from caml_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from caml_rl.config import load_config
 from caml_rl.run_directory import RunDirectory
 
@@ -37,6 +37,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, partition):
     assert resumed.iteration == 2
     resumed.train(evaluate_at_end=False, quiet=True)
 
+    # exact: both runs in this process, at the same thread count, run the same operations on the same numbers
+    # (on another machine both differ from these, alike)
     for (name, a), b in zip(full.policy.state_dict().items(), resumed.policy.state_dict().values()):
         assert torch.equal(a, b), name
     rows = lambda d: list(csv.DictReader(open(d / "progress.csv")))  # noqa: E731
@@ -54,7 +56,7 @@ def test_checkpoint_roundtrip_with_weights_only(tmp_path):
     assert payload["iteration"] == 1
     run = load_run(tmp_path / "run")
     for a, b in zip(trainer.policy.state_dict().values(), run.policy.state_dict().values()):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # exact: saved and loaded, not recomputed
     assert (tmp_path / "run" / "eval.json").is_file() and len(result.returns) == 2
     # the run record names every setting and library version
     import json
@@ -106,3 +108,71 @@ def test_checkpoint_keep_prunes_old_checkpoints_but_keeps_final_and_evaluated_on
     (every / "eval_iter2.json").write_text('{"iteration": 2}')
     assert [p.name for p in files.prune_checkpoints(1, 4)] == ["iter_000001.pt", "iter_000003.pt"]
     assert names(every) == ["iter_000002.pt", "iter_000004.pt"]
+
+
+# ------------------------------------------------------------------ resuming on another device
+def _with_action_stream(run, state: torch.Tensor, device: str | None) -> None:
+    """Rewrite the run's newest checkpoint as if its action stream had been saved as ``state`` on ``device``
+    (None: a checkpoint from before the device was recorded)."""
+    path = latest_checkpoint(run)
+    payload = load_checkpoint(path)
+    payload["rng"]["actions"] = state
+    payload["rng"].pop("actions_device", None)
+    if device is not None:
+        payload["rng"]["actions_device"] = device
+    save_checkpoint(path, payload)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "inferred from its size"])
+def test_a_cuda_action_stream_on_a_machine_without_cuda_is_one_line_not_damage(tmp_path, recorded):
+    """A run trained with device=auto on a GPU, resumed on a CPU machine: its CUDA (Philox) stream cannot be
+    restored there, which is said in one line; before, the state was fed to a CPU generator and the
+    checkpoint called damaged."""
+    Trainer(small_config("iterations=2", "device=auto"), tmp_path / "run").train(evaluate_at_end=False, quiet=True)
+    philox = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)  # seed 7, offset 4
+    _with_action_stream(tmp_path / "run", philox, "cuda" if recorded else None)
+    with pytest.raises(CheckpointError) as info:
+        Trainer.resume(tmp_path / "run", iterations=3)
+    message = str(info.value)
+    assert "\n" not in message and "damaged" not in message
+    assert "iter_000002.pt" in message and "action stream was saved on a cuda device" in message
+    assert "resume it on a machine with cuda" in message
+
+
+def test_the_action_stream_is_restored_on_the_device_that_saved_it(tmp_path):
+    """The restore itself, on the CPU: a CPU state (recorded or told by its size) goes into the run's CPU
+    generator and continues its draws exactly; a state of neither size is still reported as damage."""
+    from caml_rl.seeding import restore_generator
+
+    saved = torch.Generator().manual_seed(3)
+    torch.randn(5, generator=saved)
+    state, expected = saved.get_state(), torch.randn(4, generator=saved)
+    for device in ("cpu", None):
+        current = torch.Generator()
+        gen = restore_generator(state, device, current)
+        assert gen is current and torch.equal(torch.randn(4, generator=gen), expected)
+
+    Trainer(small_config("iterations=2"), tmp_path / "run").train(evaluate_at_end=False, quiet=True)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["rng"]["actions_device"] == "cpu"
+    _with_action_stream(tmp_path / "run", torch.zeros(7, dtype=torch.uint8), None)
+    with pytest.raises(CheckpointError, match="damaged random-stream state .*neither a CPU nor a CUDA one"):
+        Trainer.resume(tmp_path / "run", iterations=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cpu_run_continues_on_a_gpu_with_its_cpu_action_stream(tmp_path, monkeypatch):
+    """device=auto trained where no GPU was visible, resumed where one is: the policy moves to the GPU, the
+    action stream stays the CPU generator that was saved (its noise copied over), and later checkpoints
+    keep it there."""
+    with monkeypatch.context() as hidden:
+        hidden.setattr(torch.cuda, "is_available", lambda: False)
+        trainer = Trainer(small_config("iterations=2", "device=auto"), tmp_path / "run")
+        trainer.train(evaluate_at_end=False, quiet=True)
+        assert trainer.device.type == "cpu"
+    resumed = Trainer.resume(tmp_path / "run", iterations=3)
+    assert resumed.device.type == "cuda" and resumed.streams.actions.device.type == "cpu"
+    resumed.train(evaluate_at_end=False, quiet=True)
+    assert all(p.is_cuda for p in resumed.policy.parameters())
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["rng"]["actions_device"] == "cpu"
