@@ -7,6 +7,7 @@ resolved config and every random state, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -48,7 +49,8 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write through a temporary file in the same folder, fsync, rename over ``path``, then fsync the
+    folder, so that after a crash ``path`` holds either the old bytes or the new ones, durably."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -62,6 +64,24 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: the new directory entry is on disk once this returns (POSIX;
+    without it a crash soon after the rename can bring back the old file, or none). A filesystem or
+    platform that cannot sync a folder (Windows, some network filesystems) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

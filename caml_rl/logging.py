@@ -7,6 +7,7 @@ its checkpoint and continues the same CSV, with any column logged under an older
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import time
 from pathlib import Path
@@ -14,13 +15,18 @@ from typing import Any, TextIO
 
 from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
 
+from .checkpoint import atomic_write_text
+
 RENAMED_COLUMNS = {"trpo/backtracks": "trpo/line_search_evaluations"}
 """Old progress.csv column -> its current name (the value is the same quantity)."""
 
 
 class ResumableCSVOutputFormat(CSVOutputFormat):
     """SB3's CSV writer, but keeping the existing rows with ``iteration <= keep_until`` (columns
-    with an old name renamed, so one column holds one quantity from the first row to the last)."""
+    with an old name renamed, so one column holds one quantity from the first row to the last).
+
+    The kept rows replace the file atomically (a temporary file renamed over it), so a resume
+    that dies while rewriting leaves the old progress.csv whole; new rows are then appended."""
 
     def __init__(self, filename: str, keep_until: int | None = None):
         rows, header = [], []
@@ -34,13 +40,17 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
                     for r in reader
                     if r.get("iteration") and float(r["iteration"]) <= keep_until
                 ]
-        super().__init__(filename)
-        if header:
-            writer = csv.DictWriter(self.file, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-            self.file.flush()
-            self.keys = header
+        if not header:  # a new run (or a file without rows): SB3 starts it
+            super().__init__(filename)
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")  # SB3 ends its rows with \n too
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, text.getvalue())
+        self.file = open(filename, "r+")  # what SB3's __init__ sets, without truncating the file
+        self.file.seek(0, io.SEEK_END)
+        self.keys, self.separator, self.quotechar = header, ",", '"'
 
 
 def make_logger(run_dir: Path, keep_until: int | None = None) -> Logger:

@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,3 +177,65 @@ def test_a_cpu_run_continues_on_a_gpu_with_its_cpu_action_stream(tmp_path, monke
     resumed.train(evaluate_at_end=False, quiet=True)
     assert all(p.is_cuda for p in resumed.policy.parameters())
     assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["rng"]["actions_device"] == "cpu"
+
+
+# ------------------------------------------------------------------ durable, atomic run files
+def test_checkpoint_writes_sync_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The file is synced before the rename and its folder after it, so the new directory entry survives
+    a crash (without the folder's sync the rename may not be on disk yet)."""
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name, None))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "checkpoints" / "iter_000001.pt"
+    save_checkpoint(path, {"iteration": 1})
+    assert [e[:2] for e in events] == [("fsync", "file"), ("replace", "iter_000001.pt"), ("fsync", "folder")]
+    assert events[-1][2] == path.parent.stat().st_ino and torch.load(path)["iteration"] == 1
+
+
+def test_a_resume_that_dies_while_rewriting_progress_keeps_the_old_file(tmp_path, monkeypatch):
+    """A resume rewrites progress.csv with the rows up to its checkpoint: through a temporary file renamed
+    over it, so a failure while writing (a full disk) leaves the old file whole; before, it was truncated
+    first. Done, the kept rows are followed by the new ones."""
+    import csv as csv_module
+
+    from caml_rl.logging import make_logger
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = "iteration,return/after_adaptation,trpo/backtracks\n" + "".join(f"{i},{-i}.5,{i}\n" for i in (1, 2, 3, 4))
+    (run / "progress.csv").write_text(old)
+
+    def disk_full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(csv_module.DictWriter, "writerows", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            make_logger(run, keep_until=2)
+    assert (run / "progress.csv").read_text() == old
+    assert [p.name for p in run.iterdir()] == ["progress.csv"]  # no temporary file left behind
+
+    logger = make_logger(run, keep_until=2)
+    logger.record("iteration", 3)
+    logger.record("return/after_adaptation", -9.0)
+    logger.record("trpo/line_search_evaluations", 7)
+    logger.dump(step=3)
+    logger.close()
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+    assert [r["iteration"] for r in rows] == ["1", "2", "3"]
+    assert [r["trpo/line_search_evaluations"] for r in rows] == ["1", "2", "7"]  # the old column name renamed
+    assert rows[-1]["return/after_adaptation"] == "-9.0"
