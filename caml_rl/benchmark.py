@@ -103,9 +103,9 @@ def device_name(device: torch.device) -> str:
 def fwdbwd_seconds(trainer: Trainer, repeats: int = 3) -> float:
     """One forward + backward pass of the policy over an iteration's samples (pre + post)."""
     n = trainer.local_tasks
-    fast = as_leaves(initial_fast_weights(trainer.policy, trainer.partition, n))
+    fast = as_leaves(initial_fast_weights(trainer.policy, trainer.algorithm.partition, n))
     tasks = trainer.distribution.sample_tasks(trainer.streams.tasks, n)
-    ep = trainer.sampler.sample(trainer.policy, tasks, fast, trainer.streams.env, trainer.streams.actions)
+    ep = trainer.algorithm.sampler.sample(trainer.policy, tasks, fast, trainer.streams.env, trainer.streams.actions)
     obs = torch.cat([ep.obs, ep.obs], dim=2)  # twice the batch: pre and post samples
     actions = torch.cat([ep.actions, ep.actions], dim=2)
     times = []
@@ -163,7 +163,7 @@ def run_benchmark(
     )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp)
-        trainer.sampler = trainer.make_sampler()
+        trainer.algorithm.open()
         local = trainer.local_tasks  # all tasks, or this worker's share under torchrun
         h = trainer.distribution.horizon
         dist = trainer.distribution
@@ -172,18 +172,19 @@ def run_benchmark(
             str(n): physics_steps_per_s(dist, n, h, np.random.default_rng(0), trainer.device)[0] for n in worlds or []
         }
 
-        fast = initial_fast_weights(trainer.policy, trainer.partition, local)
+        fast = initial_fast_weights(trainer.policy, trainer.algorithm.partition, local)
         task_rows = trainer.distribution.sample_tasks(trainer.streams.tasks, local)
-        if getattr(getattr(trainer.sampler.env, "sim", None), "on_device", False):
+        sampler_of, streams = trainer.algorithm.sampler, trainer.streams
+        if getattr(getattr(sampler_of.env, "sim", None), "on_device", False):
             # Warp: the sampler's first two steps load kernels and capture the step graph
-            trainer.sampler.sample(trainer.policy, task_rows, fast, trainer.streams.env, trainer.streams.actions)
+            sampler_of.sample(trainer.policy, task_rows, fast, streams.env, streams.actions)
         t0 = time.perf_counter()
-        ep = trainer.sampler.sample(trainer.policy, task_rows, fast, trainer.streams.env, trainer.streams.actions)
+        ep = sampler_of.sample(trainer.policy, task_rows, fast, streams.env, streams.actions)
         sampler = ep.num_steps / (time.perf_counter() - t0)
 
         per_iter = [trainer.iterate() for _ in range(iterations)]
         fwdbwd = fwdbwd_seconds(trainer)
-        trainer.sampler.close()
+        trainer.algorithm.close()
         trainer.workers.close()
     it_s = statistics.mean(m["time/iteration_seconds"] for m in per_iter)
     upd_s = statistics.mean(m["time/update_seconds"] for m in per_iter)

@@ -144,6 +144,45 @@ class PPOConfig:
 
 
 @dataclass
+class RL2Config:
+    hidden_size: int = 64
+    """GRU hidden units: the memory the policy adapts in (ProMP's RL²: an LSTM of 64)."""
+    episodes_per_trial: int = 2
+    """Episodes of one task per trial, the hidden state carried across them (ProMP's RL²: 2)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    epochs: int = 5
+    """PPO passes over one iteration's trials, the recurrence re-run from the trial's start each time."""
+    minibatches: int = 4
+    """Trial minibatches per epoch, one Adam step each (at most meta_batch_size x episodes_per_task)."""
+    clip_range: float = 0.2
+    """Clip the importance ratio to [1 - clip_range, 1 + clip_range]."""
+    gamma: float = 0.99
+    """Discount over the whole trial (nothing is cut at an episode's end)."""
+    gae_lambda: float = 0.95
+    """GAE lambda over the trial."""
+    value_coef: float = 0.5
+    """Weight of the value head's squared error."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 0.5
+    """Clip the gradient's global norm before each Adam step."""
+
+    def validate(self) -> None:
+        _check("rl2.hidden_size", self.hidden_size, self.hidden_size >= 1, ">= 1")
+        _check("rl2.episodes_per_trial", self.episodes_per_trial, self.episodes_per_trial >= 1, ">= 1")
+        _check("rl2.lr", self.lr, self.lr > 0, "> 0")
+        _check("rl2.epochs", self.epochs, self.epochs >= 1, ">= 1")
+        _check("rl2.minibatches", self.minibatches, self.minibatches >= 1, ">= 1")
+        _check("rl2.clip_range", self.clip_range, 0 < self.clip_range < 1, "in (0, 1)")
+        _check("rl2.gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        _check("rl2.gae_lambda", self.gae_lambda, 0 <= self.gae_lambda <= 1, "in [0, 1]")
+        _check("rl2.value_coef", self.value_coef, self.value_coef >= 0, ">= 0")
+        _check("rl2.entropy_coef", self.entropy_coef, self.entropy_coef >= 0, ">= 0")
+        _check("rl2.max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "> 0")
+
+
+@dataclass
 class EvalConfig:
     tasks: int = 40
     """Fresh test tasks (never the training tasks) evaluated at the end of training."""
@@ -164,6 +203,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    algorithm: str = "meta_gradient"
+    """The method: meta_gradient (CAML/MAML/ProMP: adaptation, optimizer, trpo, ppo) or rl2 (section rl2)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """The task distribution."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -176,6 +217,8 @@ class Config:
     """The TRPO outer loop (optimizer: trpo)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """The PPO/ProMP outer loop (optimizer: ppo)."""
+    rl2: RL2Config = field(default_factory=RL2Config)
+    """RL²: a recurrent policy trained with PPO over trials (algorithm: rl2)."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation run after training."""
     meta_batch_size: int = 20
@@ -197,7 +240,7 @@ class Config:
     """torch intra-op threads (0 = leave torch's default)."""
 
     def validate(self) -> None:
-        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.evaluation):
+        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.rl2, self.evaluation):
             sub.validate()
         _check("optimizer", self.optimizer, self.optimizer in ("trpo", "ppo"), "trpo, ppo")
         _check("meta_batch_size", self.meta_batch_size, self.meta_batch_size >= 1, ">= 1")

@@ -9,19 +9,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from caml_rl.envs.base import TaskDistribution
 from caml_rl.envs.validation import sample_tasks
 
 from .adaptation import adapt, advantages
+from .algorithm import algorithm_class
 from .episodes import Episodes
 from .partition import FastWeights, as_leaves, initial_fast_weights
 from .policies import ContextMLPPolicy
 from .reproduction import machine_record, policy_digest
 from .sampler import Sampler
+
+if TYPE_CHECKING:
+    from .runs import LoadedRun
 from .seeding import EVAL_STREAM, Streams, make_streams
 
 Z95 = 1.959963984540054
@@ -65,6 +68,9 @@ class EvalResult:
     tasks: list[list[float]] = field(default_factory=list)  # the test tasks' parameters
     task_names: list[str] = field(default_factory=list)
     success_rates: list[float] = field(default_factory=list)  # per step, for envs that report success
+    # per point of the curve, the episodes of each new task the method had seen (absent in old files:
+    # k x episodes_per_task for gradient steps)
+    episodes_seen: list[int] = field(default_factory=list)
     # the CPU/GPU and library versions that reproduce these numbers bit for bit (caml_rl.reproduction)
     machine: dict = field(default_factory=dict)
     policy_sha256: str = ""  # the evaluated weights, so a swapped checkpoint shows on any machine
@@ -104,54 +110,38 @@ def adaptation_steps(
 
 
 def evaluate(
-    policy: ContextMLPPolicy,
-    distribution: TaskDistribution,
-    partition: tuple[str, ...],
+    run: LoadedRun,
     *,
     num_tasks: int = 40,
     steps: int = 3,
     episodes: int = 20,
     inner_lr: float = 1.0,
-    gamma: float = 0.99,
-    gae_lambda: float = 1.0,
     seed: int = 0,
-    device: torch.device | str = "cpu",
-    env_name: str = "",
-    adapt_name: str = "",
-    iteration: int = 0,
 ) -> EvalResult:
-    """Mean return over ``num_tasks`` fresh tasks after 0..``steps`` inner steps."""
+    """Mean return over ``num_tasks`` fresh tasks at each point of the run's adaptation curve
+    (its algorithm's :meth:`~caml_rl.algorithm.Algorithm.adaptation_curve`)."""
     if not (math.isfinite(inner_lr) and inner_lr > 0):  # a NaN step would give a NaN table, not an error
         raise ValueError(f"evaluation inner_lr={inner_lr!r} is out of range; allowed: a finite number > 0")
-    streams = make_streams(seed, EVAL_STREAM, device)
-    tasks = sample_tasks(distribution, streams.tasks, num_tasks)
-    sampler = Sampler(distribution, num_tasks, episodes, torch.device(device))
-    per_step: list[np.ndarray] = []
-    success: list[np.ndarray] = []
-    try:
-        for _, ep, _ in adaptation_steps(
-            policy, sampler, partition, tasks, steps, inner_lr, gamma, gae_lambda, streams
-        ):
-            per_step.append(ep.task_returns().cpu().double().numpy())
-            if ep.success is not None:
-                success.append(ep.task_success().cpu().double().numpy())
-    finally:
-        sampler.close()
-    stats = [mean_ci95(r) for r in per_step]
+    streams = make_streams(seed, EVAL_STREAM, run.device)
+    tasks = sample_tasks(run.distribution, streams.tasks, num_tasks)
+    algorithm = algorithm_class(run.config.algorithm)
+    curve = algorithm.adaptation_curve(run, tasks, steps, episodes, inner_lr, streams)
+    stats = [mean_ci95(r) for r in curve.task_returns]
     return EvalResult(
         returns=[m for m, _ in stats],
         ci95=[c for _, c in stats],
         num_tasks=num_tasks,
         episodes_per_task=episodes,
-        env=env_name,
-        adapt=adapt_name,
-        iteration=iteration,
+        env=run.config.env.name,
+        adapt=algorithm.label(run.config),
+        iteration=run.iteration,
         inner_lr=inner_lr,
         seed=seed,
-        task_returns=[r.tolist() for r in per_step],
+        task_returns=[r.tolist() for r in curve.task_returns],
         tasks=tasks.tolist(),
-        task_names=list(distribution.task_names),
-        success_rates=[float(x.mean()) for x in success],
-        machine=machine_record(device),
-        policy_sha256=policy_digest(policy),
+        task_names=list(run.distribution.task_names),
+        success_rates=[float(x.mean()) for x in curve.task_success],
+        episodes_seen=curve.episodes_seen,
+        machine=machine_record(run.device),
+        policy_sha256=policy_digest(run.policy),
     )

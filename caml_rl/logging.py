@@ -10,6 +10,7 @@ import csv
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,27 +65,20 @@ def make_logger(run_dir: Path, keep_until: int | None = None) -> Logger:
 
 
 class ProgressLine:
-    """``iter 12/150 | return before -25.3 after -18.2 | kl 0.0071 accepted | 1.2 s/it | ETA 2m30s``."""
+    """``iter 12/150 | <the algorithm's summary> | 1.2 s/it | ETA 2m30s``."""
 
-    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None):
-        self.total, self.start, self.stream = total, start, stream or sys.stdout
+    def __init__(
+        self, total: int, summary: Callable[[dict[str, Any]], str], start: int = 0, stream: TextIO | None = None
+    ):
+        self.total, self.summary, self.start, self.stream = total, summary, start, stream or sys.stdout
         self.t0 = time.perf_counter()
 
     def update(self, iteration: int, metrics: dict[str, Any]) -> None:
         done = iteration - self.start
         per_it = (time.perf_counter() - self.t0) / max(done, 1)
         eta = per_it * (self.total - iteration)
-        if "trpo/accepted" in metrics:
-            status = "accepted" if metrics["trpo/accepted"] else f"rejected ({metrics['trpo/reason']})"
-            update = f"kl {metrics['trpo/kl']:.4f} {status}"
-        else:
-            update = f"kl {metrics['ppo/kl']:.4f} clipped {metrics['ppo/clip_fraction']:.2f}"
-            if metrics["ppo/skipped"]:
-                update += f" ({metrics['ppo/skipped']} non-finite steps skipped)"
         print(
-            f"iter {iteration:>4}/{self.total} | return before {metrics['return/before_adaptation']:8.2f}"
-            f" after {metrics['return/after_adaptation']:8.2f} | {update}"
-            f" | {per_it:5.2f} s/it | ETA {_fmt(eta)}",
+            f"iter {iteration:>4}/{self.total} | {self.summary(metrics)} | {per_it:5.2f} s/it | ETA {_fmt(eta)}",
             file=self.stream,
             flush=True,
         )

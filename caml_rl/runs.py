@@ -14,12 +14,13 @@ import torch
 
 from caml_rl import envs
 
+from .algorithm import algorithm_class
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, make_distribution
 from .evaluation import EvalResult, adaptation_steps, evaluate
 from .memory import check_memory
-from .partition import FastWeights, policy_forward, resolve_partition
-from .policies import ContextMLPPolicy, clip_bounds, make_policy
+from .partition import FastWeights, policy_forward
+from .policies import ContextMLPPolicy, clip_bounds
 from .run_directory import RunDirectory
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams
@@ -61,7 +62,7 @@ class LoadedRun:
     ) -> EvalResult:
         """Return after 0..``steps`` inner steps on fresh tasks; ``None`` takes the run's config
         value, anything else is checked (a zero or non-finite value is an error, never a default)."""
-        evaluation, adaptation = self.config.evaluation, self.config.adaptation
+        evaluation = self.config.evaluation
         tasks = evaluation.tasks if tasks is None else tasks
         steps = evaluation.steps if steps is None else steps
         episodes = evaluation.episodes if episodes is None else episodes
@@ -80,22 +81,7 @@ class LoadedRun:
         horizon, batch = self.distribution.horizon, (tasks, episodes)
         lower = "--tasks or --episodes"
         check_memory(self.config.policy, obs_dim, act_dim, horizon, batch, self.device, "this evaluation", lower)
-        return evaluate(
-            self.policy,
-            self.distribution,
-            self.partition,
-            num_tasks=tasks,
-            steps=steps,
-            episodes=episodes,
-            inner_lr=inner_lr,
-            gamma=adaptation.gamma,
-            gae_lambda=adaptation.gae_lambda,
-            seed=seed,
-            device=self.device,
-            env_name=self.config.env.name,
-            adapt_name=adaptation.partition,
-            iteration=self.iteration,
-        )
+        return evaluate(self, num_tasks=tasks, steps=steps, episodes=episodes, inner_lr=inner_lr, seed=seed)
 
     def adapt(self, task: Any, steps: int = 1, episodes: int = 20, seed: int = 0) -> AdaptedPolicy:
         """Adapt to one task (its parameter row, e.g. ``[0.3, -0.2]``) with ``steps`` inner steps,
@@ -176,8 +162,9 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loade
         distribution = make_distribution(config.env)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {str(saved.path)!r} holds a config caml-rl rejects: {exc}") from None
-    policy = make_policy(config.policy, distribution.observation_space, distribution.action_space)
+    algorithm = algorithm_class(config.algorithm)
+    policy = algorithm.make_policy(config, distribution.observation_space, distribution.action_space)
     saved.load_policy(policy)
     policy.eval()
-    partition = resolve_partition(policy, config.adaptation.partition)
+    partition = algorithm.partition_of(config, policy)
     return LoadedRun(config, policy, distribution, partition, saved.iteration, Path(run_dir))

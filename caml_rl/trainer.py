@@ -1,5 +1,6 @@
-"""The meta-training loop. Read top to bottom: sample tasks, sample episodes with a zero
-context, adapt, sample again with the adapted context, take a TRPO step, log, checkpoint.
+"""The training loop every algorithm shares. Read top to bottom: sample the meta-batch's tasks,
+let the algorithm (``config.algorithm``, :mod:`caml_rl.algorithm`) take its iteration on them, log,
+checkpoint; at the end, evaluate on new tasks.
 
 A run directory is written only once training has shown it can proceed: everything (config,
 env settings, memory, the run directory itself, a resumed checkpoint's agreement with the run's
@@ -22,20 +23,15 @@ from caml_rl import envs
 from caml_rl.envs.simulator import cpu_count
 from caml_rl.envs.validation import sample_tasks
 
-from .adaptation import adapt, advantages, log_probs
+from .algorithm import Setup, algorithm_class
 from .checkpoint import CheckpointError, atomic_write_json, check_out_path, first_line, read_progress
 from .config import Config, ConfigError, make_distribution, resolved_settings
 from .distributed import DistributedError, WorkerLostError, init_workers
 from .evaluation import EvalResult
 from .logging import ProgressLine, make_logger
 from .memory import check_memory
-from .meta import MetaBatch, meta_update
-from .meta_ppo import MetaPPO, ppo_update
-from .partition import initial_fast_weights, resolve_partition
-from .policies import make_policy
 from .run_directory import Checkpoint, RunDirectory
 from .runs import LoadedRun, space_dims
-from .sampler import Sampler
 from .seeding import TRAIN_STREAM, StreamDeviceError, make_streams
 
 
@@ -81,15 +77,20 @@ class Trainer:
         self.config = dataclasses.replace(config, env=resolved_env)
         self.first_task, self.local_tasks = self.workers.shard(config.meta_batch_size)
         self.check_memory()
+        method = algorithm_class(config.algorithm)
         torch.manual_seed(config.seed)  # weight initialisation
-        space = self.distribution.observation_space
-        self.policy = make_policy(config.policy, space, self.distribution.action_space).to(self.device)
-        self.partition = resolve_partition(self.policy, config.adaptation.partition)
-        self.outer = MetaPPO(self.policy, config.ppo) if config.optimizer == "ppo" else None
+        space, actions = self.distribution.observation_space, self.distribution.action_space
+        self.policy = method.make_policy(self.config, space, actions).to(self.device)
         self.streams = make_streams(config.seed, TRAIN_STREAM, self.device)
+        setup = Setup(self.config, self.distribution, self.device, self.workers, self.streams, *self.shard)
+        self.algorithm = method(setup, self.policy)
         self.iteration, self.env_steps, self.wall_time = 0, 0, 0.0
-        self.sampler: Sampler | None = None
         self.resumed_from: int | None = None  # the checkpoint's iteration when resumed
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """This worker's first task of the meta-batch and how many it runs."""
+        return self.first_task, self.local_tasks
 
     def check_memory(self) -> None:
         """Refuse a batch that cannot fit before anything is allocated or written."""
@@ -143,14 +144,13 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {str(saved.path)!r} has damaged random-stream state ({first_line(exc, 80)})"
             ) from None
-        if self.outer is not None:
-            try:
-                self.outer.load_state_dict(saved.payload["optimizer"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(
-                    f"checkpoint {str(saved.path)!r} has no usable PPO optimiser state ({first_line(exc, 80)}), "
-                    "so training cannot continue from it exactly"
-                ) from None
+        try:
+            self.algorithm.load_state_dict(saved.payload.get("optimizer"))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(saved.path)!r} has no usable optimiser state ({first_line(exc, 80)}), "
+                "so training cannot continue from it exactly"
+            ) from None
         self.iteration = saved.iteration
         self.resumed_from = self.iteration
         self.env_steps = int(saved.payload.get("env_steps", 0))
@@ -164,18 +164,14 @@ class Trainer:
             rng=self.streams.state(),
             env_steps=self.env_steps,
             wall_time=self.wall_time,
-            optimizer=self.outer.state_dict() if self.outer is not None else None,
+            optimizer=self.algorithm.state_dict(),
         )
-
-    def make_sampler(self) -> Sampler:
-        """The sampler for this worker's share of the meta-batch."""
-        shard = (self.first_task, self.config.meta_batch_size) if self.workers.world_size > 1 else None
-        return Sampler(self.distribution, self.local_tasks, self.config.episodes_per_task, self.device, shard)
 
     def write_run_record(self) -> None:
         """config.yaml and run.json (a resume appends its command to run.json's ``resumes``)."""
         details = {
-            "partition": list(self.partition),
+            "algorithm": self.config.algorithm,
+            **self.algorithm.details(),
             "device": str(self.device),
             "workers": self.workers.world_size,
             # of the process that wrote this record last
@@ -202,87 +198,27 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def iterate(self) -> dict[str, Any]:
-        """One meta-iteration; returns its metrics."""
+        """One iteration: this worker's share of the meta-batch's tasks, the algorithm's step; its metrics."""
         config, workers = self.config, self.workers
         t0 = time.perf_counter()
         all_tasks = sample_tasks(self.distribution, self.streams.tasks, config.meta_batch_size)  # same on every rank
         tasks = all_tasks[self.first_task : self.first_task + self.local_tasks]
-        start = initial_fast_weights(self.policy, self.partition, self.local_tasks)
-        pre = self.sampler.sample(self.policy, tasks, start, self.streams.env, self.streams.actions)
-        t_pre = time.perf_counter() - t0
-        adaptation = config.adaptation
-        pre_adv = advantages(pre, adaptation.gamma, adaptation.gae_lambda)
-        pre_logp = None  # lvc's pi_old: the policy that sampled, held fixed through every re-adaptation
-        if adaptation.inner_objective == "lvc":
-            with torch.no_grad():
-                pre_logp = log_probs(self.policy, pre, start)
-        # TRPO: differentiable in the shared weights, the meta-update reuses this graph. PPO re-takes
-        # the inner step at every gradient step and reads this one only detached: no graph is built
-        # (with MAML its second-order graph would be held through post-sampling and the update).
-        trpo = self.outer is None
-        fast = adapt(
-            self.policy,
-            start,
-            pre,
-            pre_adv,
-            adaptation.inner_lr,
-            adaptation.inner_steps,
-            create_graph=trpo and not adaptation.first_order,
-            objective=adaptation.inner_objective,
-            behaviour_logp=pre_logp,
-        )
-        if not trpo:
-            fast = {k: v.detach() for k, v in fast.items()}
-        t1 = time.perf_counter()
-        post = self.sampler.sample(self.policy, tasks, fast, self.streams.env, self.streams.actions)
-        sampling = t_pre + time.perf_counter() - t1
-        post_adv = advantages(post, adaptation.gamma, adaptation.gae_lambda)
-        batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast, pre_logp)
-        if self.outer is None:
-            stats = meta_update(
-                self.policy, self.partition, batch, adaptation, config.trpo, self.streams.actions, workers.average
-            )
-            outer = {
-                "trpo/accepted": int(stats.accepted),
-                "trpo/reason": stats.reason,
-                "trpo/kl": stats.kl,
-                "trpo/surrogate_improvement": stats.improvement,
-                "trpo/step_fraction": stats.step_fraction,
-                "trpo/line_search_evaluations": stats.line_search_evaluations,
-            }
-        else:
-            shard = (self.first_task, config.meta_batch_size)
-            ppo = ppo_update(
-                self.policy, self.partition, batch, adaptation, self.outer, self.streams.actions, workers.average, shard
-            )
-            outer = {f"ppo/{k}": v for k, v in dataclasses.asdict(ppo).items()}
+        metrics, env_steps, sampling = self.algorithm.iterate(tasks)
         for p in self.policy.parameters():  # a no-op when ranks agree bit for bit; a guard when not
             workers.broadcast_(p)
         self.iteration += 1
-        returns = workers.average(torch.stack([pre.task_returns().mean(), post.task_returns().mean()]).double().cpu())
-        steps = workers.average(torch.tensor(float(pre.num_steps + post.num_steps)))
-        self.env_steps += int(steps * workers.world_size)
+        self.env_steps += env_steps
         seconds = time.perf_counter() - t0
         self.wall_time += seconds
-        metrics = {
+        return {
             "iteration": self.iteration,
-            "return/before_adaptation": float(returns[0]),
-            "return/after_adaptation": float(returns[1]),
-            **outer,
-            "policy/action_std": float(self.policy.log_std.detach().exp().mean()) if not self.policy.discrete else 0.0,
+            **metrics,
             "time/iteration_seconds": seconds,
             "time/sampling_seconds": sampling,
             "time/update_seconds": seconds - sampling,
             "time/total_seconds": self.wall_time,
             "time/env_steps": self.env_steps,
         }
-        if "context" in fast:
-            metrics["adaptation/context_norm"] = float(fast["context"].detach().norm(dim=-1).mean())
-        if pre.success is not None:
-            success = torch.stack([pre.task_success().mean(), post.task_success().mean()]).double().cpu()
-            success = workers.average(success)
-            metrics["success/before_adaptation"], metrics["success/after_adaptation"] = map(float, success)
-        return metrics
 
     def train(self, evaluate_at_end: bool = True, quiet: bool = False) -> EvalResult | None:
         """Train up to ``config.iterations``, checkpointing atomically, then evaluate.
@@ -292,8 +228,8 @@ class Trainer:
         config, main = self.config, self.workers.is_main
         self.check_run_dir()
         logger = None
-        progress = ProgressLine(config.iterations, start=self.iteration)
-        self.sampler = self.make_sampler()
+        progress = ProgressLine(config.iterations, self.algorithm.progress, start=self.iteration)
+        self.algorithm.open()
         try:
             while self.iteration < config.iterations:
                 try:
@@ -317,7 +253,7 @@ class Trainer:
                 if self.iteration % config.checkpoint_every == 0:
                     self.save()
         finally:
-            self.sampler.close()
+            self.algorithm.close()
             if logger is not None:
                 logger.close()
         if main and not self.files.checkpoint_path(self.iteration).exists():
@@ -337,6 +273,12 @@ class Trainer:
     def evaluate(self, **overrides: Any) -> EvalResult:
         """The evaluation of ``LoadedRun.evaluate`` (same keyword overrides) on the trained policy."""
         run = LoadedRun(
-            self.config, self.policy, self.distribution, self.partition, self.iteration, self.run_dir, self.device
+            self.config,
+            self.policy,
+            self.distribution,
+            type(self.algorithm).partition_of(self.config, self.policy),
+            self.iteration,
+            self.run_dir,
+            self.device,
         )
         return run.evaluate(**overrides)

@@ -26,8 +26,8 @@ def test_meta_iterations_on_cuda(env, tmp_path):
         ],
     )
     trainer = Trainer(cfg, tmp_path / "run")
-    trainer.sampler = trainer.make_sampler()
+    trainer.algorithm.open()
     metrics = [trainer.iterate() for _ in range(2)]
-    trainer.sampler.close()
+    trainer.algorithm.close()
     assert all(np.isfinite(m["return/after_adaptation"]) for m in metrics)
     assert all(p.is_cuda for p in trainer.policy.parameters())

@@ -194,7 +194,7 @@ def test_ppo_resume_is_bit_identical(tmp_path, partition, objective):
     part = Trainer(load_config(None, SMALL + extra + ["iterations=2"]), tmp_path / "part")
     part.train(evaluate_at_end=False, quiet=True)
     resumed = Trainer.resume(tmp_path / "part", iterations=4)
-    assert resumed.outer.state_dict()["adam"]["state"]  # Adam's moments came back
+    assert resumed.algorithm.outer.state_dict()["adam"]["state"]  # Adam's moments came back
     resumed.train(evaluate_at_end=False, quiet=True)
     for (name, a), b in zip(full.policy.state_dict().items(), resumed.policy.state_dict().values()):
         assert torch.equal(a, b), name
@@ -216,7 +216,7 @@ def test_a_checkpoint_without_optimizer_state_is_refused(tmp_path):
     payload = load_checkpoint(path)
     del payload["optimizer"]
     save_checkpoint(path, payload)
-    with pytest.raises(CheckpointError, match="PPO optimiser state"):
+    with pytest.raises(CheckpointError, match="no usable optimiser state"):
         Trainer.resume(run, iterations=3)
 
 
@@ -309,7 +309,7 @@ def test_only_trpo_keeps_the_inner_steps_graph(tmp_path, monkeypatch, optimizer)
     """PPO re-takes the inner step at every gradient step, so the trainer's adapted values reach ppo_update
     detached: with MAML no second-order graph is held through post-sampling and the update. TRPO's
     meta-gradient goes through them, so they keep theirs."""
-    import caml_rl.trainer as trainer_module
+    import caml_rl.meta_gradient as trainer_module
 
     seen = {}
 
@@ -326,7 +326,7 @@ def test_only_trpo_keeps_the_inner_steps_graph(tmp_path, monkeypatch, optimizer)
     config = load_config(None, SMALL + [f"optimizer={optimizer}", "adaptation.partition=all", "iterations=1"])
     trainer = Trainer(config, tmp_path / "run")
     trainer.train(evaluate_at_end=False, quiet=True)
-    assert len(seen["graph"]) == len(trainer.partition) > 2  # all the network's weights adapt (MAML)
+    assert len(seen["graph"]) == len(trainer.algorithm.partition) > 2  # all the network's weights adapt (MAML)
     assert all(seen["graph"]) if optimizer == "trpo" else not any(seen["graph"])
 
 
@@ -334,7 +334,7 @@ def test_trpo_stays_the_default_and_logs_no_ppo_columns(tmp_path):
     config = load_config(None, [s for s in SMALL if not s.startswith(("optimizer", "ppo."))] + ["iterations=1"])
     assert config.optimizer == "trpo" and config.adaptation.inner_objective == "reinforce"
     trainer = Trainer(config, tmp_path / "run")
-    assert trainer.outer is None
+    assert trainer.algorithm.outer is None
     trainer.train(evaluate_at_end=False, quiet=True)
     header = open(tmp_path / "run" / "progress.csv").readline()
     assert "trpo/kl" in header and "ppo/" not in header

@@ -136,11 +136,11 @@ def test_one_training_iteration_logs_success_rates(tmp_path):
         ],
     )
     trainer = Trainer(config, tmp_path / "run")
-    trainer.sampler = trainer.make_sampler()
+    trainer.algorithm.open()
     try:
         metrics = trainer.iterate()
     finally:
-        trainer.sampler.close()
+        trainer.algorithm.close()
     for key in ("success/before_adaptation", "success/after_adaptation"):  # a fraction of 2 tasks x 2 episodes
         assert 0.0 <= metrics[key] <= 1.0 and metrics[key] * 4 == round(metrics[key] * 4), metrics
 

@@ -328,9 +328,9 @@ def test_a_caml_iteration_stays_on_the_gpu_with_warp(tmp_path):
         ],
     )
     trainer = Trainer(cfg, tmp_path / "run")
-    trainer.sampler = trainer.make_sampler()
-    assert trainer.sampler.env.sim.device.type == "cuda"
+    trainer.algorithm.open()
+    assert trainer.algorithm.sampler.env.sim.device.type == "cuda"
     metrics = [trainer.iterate() for _ in range(2)]
     assert all(np.isfinite(m["return/after_adaptation"]) for m in metrics)
     assert all(p.is_cuda for p in trainer.policy.parameters())
-    trainer.sampler.close()
+    trainer.algorithm.close()
