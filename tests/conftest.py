@@ -1,3 +1,5 @@
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -5,6 +7,47 @@ import torch
 
 from caml_rl.episodes import Episodes
 from caml_rl.policies import ContextMLPPolicy
+
+# Torch threads. A sum split over more threads is added in another order, so a result may differ in its last
+# bits with the thread count: a test may hold two computations of one process bit-identical (both run at the
+# same count), but a comparison with a number from elsewhere needs a tolerance that covers rounding. To check,
+# run the suite at two counts, e.g. `pytest --torch-threads 1` and `pytest --torch-threads 2` (OMP_NUM_THREADS
+# sets the default, which is all cores). The count is re-set before every test, because a run whose config
+# sets torch_threads calls torch.set_num_threads for the whole process: the tests after it would otherwise
+# all run at that count. Subprocesses (the CLI, torchrun) get it through OMP_NUM_THREADS.
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--torch-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every test with torch.set_num_threads(N), and subprocesses with OMP_NUM_THREADS=N",
+    )
+
+
+def pytest_configure(config):
+    threads = config.getoption("--torch-threads")
+    if threads is not None:
+        if threads < 1:
+            raise pytest.UsageError(f"--torch-threads {threads}: must be at least 1")
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    config.torch_threads = torch.get_num_threads()
+
+
+def pytest_report_header(config):
+    return f"torch threads: {config.torch_threads} (set with --torch-threads N)"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """Every test starts at the session's thread count, whatever an earlier test's run set."""
+    threads = request.config.torch_threads
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    yield
 
 
 def random_episodes(T=6, tasks=3, eps=4, obs_dim=2, act_dim=2, dtype=torch.float64, seed=0, ragged=True):
