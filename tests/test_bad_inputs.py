@@ -110,6 +110,7 @@ def test_bad_config_values_name_the_key_and_write_nothing(tmp_path, capsys, over
 
 @pytest.mark.parametrize("spelling", ["1e-05", "1E-5", "0.00001", "1e-5"])
 def test_every_float_spelling_is_a_float(spelling, tmp_path):
+    # exact: parsing a decimal rounds correctly to the nearest float, the same one for every spelling
     assert load_config(None, [f"trpo.cg_damping={spelling}"]).trpo.cg_damping == 1e-5
     path = tmp_path / "c.yaml"
     path.write_text(f"policy:\n  min_std: {spelling}\n")
@@ -589,7 +590,7 @@ def test_committed_ppo_run_still_resumes_safely(tmp_path):
     dist = run.distribution
     actor = copy_actor(baseline.model, make_policy(run.config.policy, dist.observation_space, dist.action_space))
     for (name, a), b in zip(run.policy.state_dict().items(), actor.state_dict().values()):
-        assert torch.equal(a, b), name
+        assert torch.equal(a, b), name  # exact: both are stored weights, copied, never recomputed
     assert snapshot(run_dir) == before
 
 

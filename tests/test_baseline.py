@@ -9,6 +9,7 @@ def test_features_are_the_documented_polynomials_with_clamped_obs_and_masked_row
     obs = torch.tensor([[[[0.5, -12.0]]], [[[2.0, 3.0]]], [[[1.0, 1.0]]]], dtype=torch.float64)  # [T=3, 1, 1, 2]
     mask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64).view(3, 1, 1)
     feats = baseline_features(obs, mask)[:, 0, 0]
+    # hand values in float64 (t = 1/100 and its powers as decimals: ~1e-18 apart); default rtol 1e-7
     by_hand = torch.tensor(
         [
             [0.5, -10.0, 0.25, 100.0, 0.0, 0.0, 0.0, 1.0],  # obs clamped to [-10, 10]; t = step / 100
@@ -34,6 +35,8 @@ def test_fit_recovers_explicit_polynomial_targets_per_task():
     )
     assert o.abs().max() < 10
     values = fit_values(ep.obs, target, ep.mask, reg=1e-10)
+    # the ridge (1e-10 on the poorly scaled t^3 column) moves the fit by up to 5.4e-6 in exact arithmetic
+    # (50-digit solve); float64 rounding adds 2e-14. So 1e-5 holds on any machine, and a wrong feature is O(1)
     torch.testing.assert_close(values, target * ep.mask, atol=1e-5, rtol=1e-5)
 
 
@@ -43,7 +46,7 @@ def test_padded_steps_do_not_produce_nan_and_stay_zero():
     ep.mask[0, 1] = 1
     values = fit_values(ep.obs, ep.rewards, ep.mask)
     assert torch.isfinite(values).all()
-    assert (values[ep.mask == 0] == 0).all()
+    assert (values[ep.mask == 0] == 0).all()  # exact: masked rows are multiplied by 0
 
 
 def test_regularisation_is_raised_when_the_solve_fails(monkeypatch):
@@ -55,6 +58,7 @@ def test_regularisation_is_raised_when_the_solve_fails(monkeypatch):
     # ridge then interpolates the 4 targets
     values = fit_values(ep.obs, ep.rewards, ep.mask, reg=0.0)
     assert len(calls) >= 2
+    # the first retry's ridge (1e-7) leaves 7e-8 in exact arithmetic, even 1e-5 leaves 7e-6; rounding 1e-15
     torch.testing.assert_close(values, ep.rewards, atol=1e-4, rtol=0)
 
 

@@ -49,7 +49,7 @@ def test_benchmark_json_has_every_figure(env, optimizer, capsys):
         assert key in result, key
     assert result["env"] == env and result["env_steps_per_iteration"] == 2 * 2 * 2 * 10
     for key in KEYS[2:]:
-        assert result[key] > 0, key
+        assert result[key] > 0, key  # timings and their ratios: only their sign is machine-independent
 
 
 def test_benchmark_rejects_bad_sizes(capsys):

@@ -51,7 +51,7 @@ def test_train_evaluate_resume(tmp_path, capsys):
     training_eval = (out / "eval.json").read_bytes()
     flags = ["--tasks", "3", "--steps", "2", "--episodes", "2", "--seed", "5"]
     main(["evaluate", str(out), *flags, "--out", str(out / "eval_seed5.json")])
-    assert (out / "eval.json").read_bytes() == training_eval  # the training-time evaluation is kept
+    assert (out / "eval.json").read_bytes() == training_eval  # the training-time evaluation is kept (not rewritten)
     result = json.loads((out / "eval_seed5.json").read_text())
     assert len(result["returns"]) == 3 and len(result["ci95"]) == 3
     assert result["num_tasks"] == 3 and result["episodes_per_task"] == 2

@@ -13,6 +13,7 @@ def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("adaptation:\n  inner_lr: 0.5\npolicy:\n  hidden_sizes: [64, 64]\n")
     cfg = load_config(path, ["adaptation.inner_steps=2", "trpo.max_kl=0.02", "env.settings.horizon=50"])
+    # exact: a parsed decimal is the correctly rounded float, the same as the literal's
     assert cfg.adaptation.inner_lr == 0.5 and cfg.adaptation.inner_steps == 2
     assert cfg.policy.hidden_sizes == [64, 64] and cfg.trpo.max_kl == 0.02
     assert cfg.env.settings == {"horizon": 50}

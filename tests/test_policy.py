@@ -12,7 +12,7 @@ def test_context_changes_the_output_and_is_concatenated_at_input():
     obs = torch.randn(4, 2, dtype=torch.float64)
     a = p(obs, torch.zeros(3, dtype=torch.float64))[0]
     b = p(obs, torch.ones(3, dtype=torch.float64))[0]
-    assert not torch.allclose(a, b)
+    assert not torch.allclose(a, b)  # a different input, not rounding: O(1) apart
     assert p.mlp[0].in_features == 2 + 3
 
 
@@ -22,7 +22,7 @@ def test_joint_log_prob_sums_over_action_dims():
     act = torch.randn(5, 2, dtype=torch.float64)
     dist = p.distribution(params)
     per_dim = torch.distributions.Normal(params[0], params[1].exp()).log_prob(act).sum(-1)
-    torch.testing.assert_close(dist.log_prob(act), per_dim)
+    torch.testing.assert_close(dist.log_prob(act), per_dim)  # float64, another summation: ~1e-16 relative
 
 
 def test_log_std_floor():
@@ -31,7 +31,7 @@ def test_log_std_floor():
     with torch.no_grad():
         p.log_std.fill_(-20.0)
     _, log_std = p(torch.zeros(1, 2), torch.zeros(0))
-    assert torch.allclose(log_std.exp(), torch.tensor(0.5))
+    assert torch.allclose(log_std.exp(), torch.tensor(0.5))  # exp(log(0.5)) in float32: an ulp at most (exact here)
 
 
 def test_categorical_head_for_discrete_actions():
@@ -52,4 +52,4 @@ def test_all_partition_with_per_task_weights_matches_shared_forward():
     obs = torch.randn(5, 3, 4, 2, dtype=torch.float64)
     mean_vmap, _ = policy_forward(p, obs, fast)
     mean_plain, _ = p(obs, torch.zeros(0, dtype=torch.float64))
-    torch.testing.assert_close(mean_vmap, mean_plain)
+    torch.testing.assert_close(mean_vmap, mean_plain)  # float64, per-task vs shared matmuls: ~1e-16 relative
