@@ -75,7 +75,9 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
     assert caml["update_seconds"] > 0 and "update s/it" in (out / "results.md").read_text()
     per_seed = (out / "results.md").read_text().split("Per seed")[1]  # each seed on its own row too
     assert "| nav/caml_seed0 |" in per_seed and "| nav/caml_seed1 |" in per_seed and "3 test tasks" in per_seed
-    # the pooled interval is over the 2 x 3 tasks; the bracket is over the two seeds' means (t with 1 df)
+    # the pooled interval is over the 2 x 3 tasks; the bracket is over the two seeds' means (t with 1 df).
+    # The report and numpy compute these from the same eval.json numbers in float64 (~1e-15 apart; approx's
+    # default rel 1e-6), with the t quantiles of the report's own 4-decimal table
     evals = [json.loads((root / f"nav/caml_seed{i}/eval.json").read_text())["task_returns"] for i in (0, 1)]
     for k in range(3):
         pooled = np.array(evals[0][k] + evals[1][k])
@@ -84,7 +86,7 @@ def test_sweep_runs_skips_and_resumes_then_report_pools_seeds(suite, tmp_path, c
         means = np.array([np.mean(evals[0][k]), np.mean(evals[1][k])])
         assert caml["seed_returns"][k] == pytest.approx(means.tolist())
         assert caml["ci95_over_seeds"][k] == pytest.approx(12.7062 * means.std(ddof=1) / np.sqrt(2))  # t(1)
-    assert f"[± {caml['ci95_over_seeds'][1]:.2f}]" in (out / "results.md").read_text()
+    assert f"[± {caml['ci95_over_seeds'][1]:.2f}]" in (out / "results.md").read_text()  # exact: the same number
     assert "| nav/maml | navigation2d | all | 1 |" in (out / "results.md").read_text()
 
     # a run evaluated at an earlier checkpoint reports that iteration's env steps, not the last row's
@@ -175,10 +177,13 @@ def test_intervals_use_students_t():
     """With few tasks or seeds the normal quantile (1.96) makes intervals too narrow: t(2) is 4.30."""
     from caml_rl.evaluation import mean_ci95, t975
 
-    # reference values of Student's t 0.975 quantile (table below 31 df, the series above)
+    # reference values of Student's t 0.975 quantile (table below 31 df, the series above): to 4 decimals where
+    # the library's table holds the same 4-decimal values, to 5 above, where the series is within 2e-6 of the
+    # exact quantile; so 2e-5 covers their rounding. Plain float64 arithmetic: no machine dependence
     for df, q in ((1, 12.7062), (2, 4.3027), (30, 2.0423), (31, 2.03951), (39, 2.02269), (60, 2.00030), (119, 1.98010)):
         assert t975(df) == pytest.approx(q, abs=2e-5)
     mean, half = mean_ci95(np.array([1.0, 2.0, 6.0]))
+    # the mean of 1, 2 and 6 is exact in float64; the half-width is the same float64 formula (~1e-16 apart)
     assert mean == 3.0 and half == pytest.approx(4.3027 * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3))
 
 
