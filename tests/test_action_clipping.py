@@ -22,6 +22,7 @@ def test_sampler_clips_what_the_env_gets_and_keeps_the_unclipped_sample():
     sampled = episodes.actions[..., 0].reshape(20, -1).T.numpy()  # [sims, steps]
     assert np.abs(sampled).max() > 3  # std 5: most samples leave [-1, 1]
     assert np.abs(received).max() <= 1.0
+    # exact: clipping selects a value or a bound, no rounding; float32 -> float the env reads is exact too
     np.testing.assert_array_equal(received, np.clip(sampled, -1.0, 1.0))
 
 
@@ -58,10 +59,11 @@ def test_training_evaluation_and_predict_stay_in_bounds(tmp_path):
         ],
     )
     Trainer(config, tmp_path / "run").train(quiet=True)  # trains, then evaluates
+    # init_std 5 over hundreds of actions: P(none beyond 0.99) is below 1e-100, whatever the rounding
     assert 0.99 < _Recording.largest <= 1.0
     adapted = load_run(tmp_path / "run").adapt(task=[0.5], steps=1, episodes=2)
     actions = np.stack([adapted.predict(np.zeros(1, np.float32))[0] for _ in range(50)])
-    assert actions.shape == (50, 1) and np.abs(actions).max() == 1.0
+    assert actions.shape == (50, 1) and np.abs(actions).max() == 1.0  # exact: a clipped action is the bound
 
 
 def test_predict_clips_deterministic_and_batched_actions():
@@ -73,6 +75,7 @@ def test_predict_clips_deterministic_and_batched_actions():
     adapted = AdaptedPolicy(policy, {}, np.zeros(1), [], space)
     single, _ = adapted.predict(np.zeros(3, np.float32), deterministic=True)
     batch, _ = adapted.predict(np.zeros((4, 3), np.float32), deterministic=True)
+    # exact: with zero last-layer weights the mean is the bias bit for bit, and clipping selects the bound
     np.testing.assert_array_equal(single, [1.0, 0.0])
     np.testing.assert_array_equal(batch, np.tile([1.0, 0.0], (4, 1)))
     unclipped = AdaptedPolicy(policy, {}, np.zeros(1), [])  # no action space: as before
@@ -81,7 +84,13 @@ def test_predict_clips_deterministic_and_batched_actions():
 
 def test_mujoco_envs_behave_exactly_as_before_clipping():
     """They clip internally after dividing by action_scale: clipping to [-scale, scale] first
-    changes nothing, bit for bit (so the committed results reproduce)."""
+    changes nothing, bit for bit (so the committed results reproduce).
+
+    Exact on any machine: both envs then run the same C simulator on the same inputs. A clipped action
+    is float32(scale), which for these scales is not below the scale, so it divides (IEEE division rounds
+    alike everywhere) to >= 1.0, which the env's own clip makes 1.0. (A scale whose float32 rounds down,
+    such as 0.7, would reach the env as 1 - 6e-8.)
+    """
     from caml_rl.policies import action_clipper
 
     for scale in (1.0, 10.0, 0.3):
@@ -112,4 +121,4 @@ def test_navigation_is_unchanged_by_clipping():
     clipped.reset(tasks, None)
     a = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     for x, y in zip(raw.step(a), clipped.step(clip(a))):
-        assert torch.equal(x, y)
+        assert torch.equal(x, y)  # exact: the env clips to the same bounds, so it sees the same floats
