@@ -25,7 +25,7 @@ def test_task_in_observation_appends_each_envs_task():
     vec = dist.make_vec_env(3, torch.device("cpu"))
     obs = vec.reset(tasks, np.random.default_rng(1))
     obs, _, _ = vec.step(torch.zeros(3, 2))
-    assert torch.allclose(obs[:, 2:], torch.as_tensor(tasks, dtype=torch.float32))
+    assert torch.allclose(obs[:, 2:], torch.as_tensor(tasks, dtype=torch.float32))  # the task, rounded to float32
     envs.validate(dist)
     with pytest.raises(envs.TaskDistributionError, match="unknown env 'nope'"):
         envs.make("task_in_observation", base="nope")
@@ -34,7 +34,7 @@ def test_task_in_observation_appends_each_envs_task():
 def test_single_task_env_draws_a_new_task_each_episode_unless_fixed():
     env = envs.SingleTaskEnv(envs.make("navigation2d"))
     first = env.reset(seed=0)[1]["task"]
-    assert not np.allclose(env.reset()[1]["task"], first)
+    assert not np.allclose(env.reset()[1]["task"], first)  # a new draw, O(0.1) away
     env.set_task([0.1, 0.2])
     assert np.allclose(env.reset()[1]["task"], [0.1, 0.2]) and np.allclose(env.reset()[1]["task"], [0.1, 0.2])
 
@@ -46,6 +46,8 @@ def test_copied_actor_gives_sb3s_action_distribution(tmp_path):
     obs = torch.randn(5, 2)
     sb3 = run.model.policy.get_distribution(obs).distribution
     mean, log_std = policy(obs, torch.zeros(0))
+    # the same float32 weights through two implementations (their matmuls may group sums differently): a few
+    # ulp of O(1) activations, ~1e-7; a wrongly copied layer is O(0.1) off
     assert torch.allclose(mean, sb3.mean, atol=1e-6) and torch.allclose(log_std.exp().expand_as(mean), sb3.stddev)
 
 

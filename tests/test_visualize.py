@@ -171,7 +171,7 @@ def test_mujoco_video_and_velocity_plot(tmp_path, monkeypatch):
     assert len(frames) == 10 + 1  # the reset state, then one frame per env step
     assert frames.shape[2] >= 2 * 320  # two panels side by side
     assert len({f.tobytes() for f in frames}) > 1
-    assert frames.std() > 10  # an image, not a blank
+    assert frames.std() > 10  # an image, not a blank (0-255 pixel values; whatever the GL driver renders)
 
     # without imageio-ffmpeg an mp4 request falls back to gif, with a notice
     real_find_spec = importlib.util.find_spec
@@ -224,5 +224,5 @@ def test_a_plugin_env_that_renders_gets_a_video(tmp_path):
             pytest.skip(gl[0])
         pytest.fail(f"no video written; notices: {notices}")
     frames = _read_frames(tmp_path / "out" / "task00_video.gif")
-    assert 2 <= len(frames) <= 6 + 1 and frames.std() > 10
+    assert 2 <= len(frames) <= 6 + 1 and frames.std() > 10  # any episode length (1 to 6 steps) passes
     assert "task00_velocity.png" not in names  # the env measures no velocity
