@@ -79,12 +79,17 @@ class EvalResult:
         return asdict(self)
 
     def table(self) -> str:
+        """One row per point of the adaptation curve: its return, 95% interval, success, episodes seen."""
+        seen = len(self.episodes_seen) == len(self.returns)
         rows = [
-            f"{'inner steps':>11} | {'mean return':>11} | {'95% CI':>8}" + (" | success" if self.success_rates else "")
+            f"{'step':>4} | {'mean return':>11} | {'95% CI':>8}"
+            + (" | success" if self.success_rates else "")
+            + (" | episodes seen" if seen else "")
         ]
         for k, (r, c) in enumerate(zip(self.returns, self.ci95)):
             extra = f" | {self.success_rates[k]:7.1%}" if self.success_rates else ""
-            rows.append(f"{k:>11} | {r:11.2f} | ±{c:7.2f}" + extra)
+            extra += f" | {self.episodes_seen[k]:>13}" if seen else ""
+            rows.append(f"{k:>4} | {r:11.2f} | ±{c:7.2f}" + extra)
         return "\n".join(rows)
 
 

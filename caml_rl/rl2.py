@@ -9,24 +9,35 @@ Layout: time first, then the batch of trials: ``[T, B, ...]`` with ``T = K x hor
 is 1 for steps that happened and 0 for the padding after an episode terminated early; on padded
 steps the hidden state is held and nothing enters a loss.
 
-This module holds the maths (policy, GAE over a trial, the masked PPO loss); the trial sampler
-and the algorithm that trains with them build on it.
+Sampling runs on caml-rl's batched sampler: a trial is ``episodes_per_trial`` calls of
+:meth:`caml_rl.sampler.Sampler.sample` with one :class:`RecurrentActor`, whose hidden state and
+previous action/reward persist between the calls; every task's trials step in one batch.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
+from .algorithm import Algorithm, Curve, Setup, register_algorithm
+from .config import Config, ConfigError
+from .episodes import Episodes
 from .policies import ActionHead
+from .sampler import Sampler
+from .seeding import Streams
 
 
 class RecurrentPolicy(ActionHead, nn.Module):
-    """GRU over ``[obs, previous action, previous reward, episode-done flag]``, with a Gaussian
-    (Box) or categorical (Discrete) head and a value head on the hidden state."""
+    """GRU over ``[obs, previous action, previous reward, episode-done flag]`` with a Gaussian
+    (Box) or categorical (Discrete) head. The critic is a second GRU of the same inputs with a
+    value head: sharing the actor's would let the value loss, larger by orders of magnitude before
+    it has learned the return's scale, swamp the policy gradient under one clipped norm."""
 
     def __init__(
         self,
@@ -43,6 +54,7 @@ class RecurrentPolicy(ActionHead, nn.Module):
         self.hidden_size = hidden_size
         self.cell = nn.GRUCell(self.input_size, hidden_size)
         self.head = nn.Linear(hidden_size, self.act_dim)
+        self.critic_cell = nn.GRUCell(self.input_size, hidden_size)
         self.value = nn.Linear(hidden_size, 1)
         self.min_log_std = math.log(min_std)
         if not self.discrete:
@@ -67,16 +79,18 @@ class RecurrentPolicy(ActionHead, nn.Module):
         return new if valid is None else torch.where(valid[..., None] > 0, new, h)
 
     def unroll(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Distribution parameters and values for a whole trial ``x [T, B, input]`` from a zero
-        hidden state: ``(params [T, B, ...], value [T, B])``. Recomputed at every PPO epoch, so
-        no stale hidden state is reused."""
-        h = x.new_zeros(x.shape[1], self.hidden_size)
-        hidden = []
+        """Distribution parameters and values for a whole trial ``x [T, B, input]`` from zero hidden
+        states: ``(params [T, B, ...], value [T, B])``. Recomputed at every PPO epoch, so no stale
+        hidden state is reused."""
+        h = c = x.new_zeros(x.shape[1], self.hidden_size)
+        actor, critic = [], []
         for t in range(x.shape[0]):  # a recurrence: the loop is over time, every trial in one batch
             h = self.step(x[t], h, mask[t])
-            hidden.append(h)
-        states = torch.stack(hidden)
-        return self.params(states), self.value(states).squeeze(-1)
+            new = self.critic_cell(x[t], c)
+            c = torch.where(mask[t][..., None] > 0, new, c)
+            actor.append(h)
+            critic.append(c)
+        return self.params(torch.stack(actor)), self.value(torch.stack(critic)).squeeze(-1)
 
 
 def trial_gae(
@@ -119,9 +133,221 @@ def ppo_loss(
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
     clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / n
     stats = {
-        "policy_loss": float(policy_loss),
-        "value_loss": float(value_loss),
-        "entropy": float(entropy_mean),
+        "policy_loss": float(policy_loss.detach()),
+        "value_loss": float(value_loss.detach()),
+        "entropy": float(entropy_mean.detach()),
         "clip_fraction": float(clipped),
     }
     return loss, stats
+
+
+class RunningMoments:
+    """Mean and variance of every return seen so far (merged batch by batch, in float64): the
+    value head learns returns in these units, whatever the task's reward scale."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        total = self.count + n
+        delta = mean - self.mean
+        self.var = (self.count * self.var + n * var + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / math.sqrt(self.var + 1e-8)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * math.sqrt(self.var + 1e-8) + self.mean
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.count, self.mean, self.var = int(state["count"]), float(state["mean"]), float(state["var"])
+
+
+class RecurrentActor:
+    """The sampler's view of a :class:`RecurrentPolicy` over ``tasks x trials`` envs: it keeps the
+    hidden state, the previous action and reward (of the last step that happened) and the
+    episode-done flag across the episodes of a trial; a new actor starts a new trial."""
+
+    def __init__(self, policy: RecurrentPolicy, num_tasks: int, trials: int, device: torch.device):
+        self.policy, self.shape = policy, (num_tasks, trials)
+        n = num_tasks * trials
+        self.h = torch.zeros(n, policy.hidden_size, device=device)
+        self.prev_action = torch.zeros((n,) if policy.discrete else (n, policy.act_dim), device=device)
+        self.prev_reward = torch.zeros(n, device=device)
+        self.done = torch.zeros(n, device=device)
+
+    def new_episode(self) -> None:
+        """The next call of the sampler starts the trial's next episode: the flag tells the policy."""
+        self.done = torch.ones_like(self.done)
+
+    def __call__(self, obs: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = self.h.shape[0]
+        x = self.policy.inputs(obs.reshape(n, -1), self.prev_action, self.prev_reward, self.done)
+        self.h = self.policy.step(x, self.h, alive.reshape(n).to(x.dtype))
+        return tuple(p.reshape(1, *self.shape, *p.shape[1:]) for p in self.policy.params(self.h))
+
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, alive: torch.Tensor) -> None:
+        live = alive.reshape(-1)
+        n = live.shape[0]
+        action = action.reshape(n, *action.shape[2:]).to(self.prev_action.dtype)
+        self.prev_action = torch.where(live.view(n, *[1] * (action.dim() - 1)), action, self.prev_action)
+        self.prev_reward = torch.where(live, reward.reshape(n), self.prev_reward)
+        self.done = torch.where(live, torch.zeros_like(self.done), self.done)
+
+
+def sample_trials(
+    sampler: Sampler, policy: RecurrentPolicy, tasks: np.ndarray, episodes: int, streams: Streams
+) -> list[Episodes]:
+    """One trial of ``episodes`` episodes in every env of ``sampler`` (each task's trials in one batch)."""
+    actor = RecurrentActor(policy, sampler.num_tasks, sampler.episodes_per_task, sampler.device)
+    trial = []
+    for k in range(episodes):
+        if k:
+            actor.new_episode()
+        trial.append(sampler.sample(policy, tasks, {}, streams.env, streams.actions, actor=actor))
+    return trial
+
+
+def trial_inputs(policy: RecurrentPolicy, trial: list[Episodes]) -> tuple[torch.Tensor, ...]:
+    """The trial as the policy saw it: ``(inputs [T, B, in], actions, rewards [T, B], mask [T, B])``
+    with ``T = episodes x horizon`` and ``B = tasks x trials``; the previous action and reward are
+    those of the last step that happened, as :class:`RecurrentActor` kept them."""
+    obs = torch.cat([ep.obs for ep in trial]).flatten(1, 2)
+    actions = torch.cat([ep.actions for ep in trial]).flatten(1, 2)
+    rewards = torch.cat([ep.rewards for ep in trial]).flatten(1, 2)
+    mask = torch.cat([ep.mask for ep in trial]).flatten(1, 2)
+    steps = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    last = torch.cummax(torch.where(mask > 0, steps, -1), dim=0).values  # last step that happened, <= t
+    before = torch.cat([torch.full_like(last[:1], -1), last[:-1]])  # ... strictly before t
+    index = before.clamp(min=0)
+    prev_reward = torch.where(before >= 0, rewards.gather(0, index), 0.0)
+    if policy.discrete:
+        prev_action = torch.where(before >= 0, actions.gather(0, index), 0)
+    else:
+        gathered = actions.gather(0, index[..., None].expand_as(actions))
+        prev_action = torch.where(before[..., None] >= 0, gathered, 0.0)
+    done = torch.zeros_like(mask)
+    horizon = trial[0].mask.shape[0]
+    done[horizon::horizon] = 1.0  # the first step of every episode after the first
+    return policy.inputs(obs, prev_action, prev_reward, done), actions, rewards, mask
+
+
+@register_algorithm
+class RL2(Algorithm):
+    """RL² (``algorithm: rl2``): the policy adapts in its hidden state over a trial of
+    ``rl2.episodes_per_trial`` episodes; ``episodes_per_task`` trials per task run side by side."""
+
+    name = "rl2"
+
+    def __init__(self, setup: Setup, policy: RecurrentPolicy):
+        super().__init__(setup, policy)
+        if setup.workers.world_size > 1:
+            raise ConfigError("algorithm rl2 trains in one process; torchrun with several workers is not supported")
+        self.adam = torch.optim.Adam(policy.parameters(), lr=setup.config.rl2.lr)
+        self.returns = RunningMoments()
+        self.sampler: Sampler | None = None
+
+    @staticmethod
+    def make_policy(config: Config, observation_space: gym.spaces.Space, action_space: gym.spaces.Space):
+        obs_dim = int(math.prod(observation_space.shape or (1,)))
+        p = config.policy
+        return RecurrentPolicy(obs_dim, action_space, config.rl2.hidden_size, p.init_std, p.min_std)
+
+    @classmethod
+    def label(cls, config: Config) -> str:
+        return "rl2"
+
+    def open(self) -> None:
+        s = self.setup
+        self.sampler = Sampler(s.distribution, s.local_tasks, s.config.episodes_per_task, s.device)
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adam": self.adam.state_dict(), "returns": self.returns.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            raise KeyError("optimizer")
+        self.adam.load_state_dict(state["adam"])
+        self.returns.load_state_dict(state["returns"])
+
+    def iterate(self, tasks: np.ndarray) -> tuple[dict[str, Any], int, float]:
+        cfg, policy, streams = self.setup.config.rl2, self.policy, self.setup.streams
+        t0 = time.perf_counter()
+        trial = sample_trials(self.sampler, policy, tasks, cfg.episodes_per_trial, streams)
+        sampling = time.perf_counter() - t0
+        x, actions, rewards, mask = trial_inputs(policy, trial)
+        valid = mask > 0
+        with torch.no_grad():
+            params, values = policy.unroll(x, mask)
+            old_logp = policy.distribution(params).log_prob(actions)
+        # the value head predicts returns in units of the running return statistics
+        adv, returns = trial_gae(rewards, self.returns.denormalize(values), mask, cfg.gamma, cfg.gae_lambda)
+        self.returns.update(returns[valid])
+        targets = self.returns.normalize(returns)
+        adv = torch.where(valid, (adv - adv[valid].mean()) / (adv[valid].std() + 1e-8), 0.0)
+        trials = x.shape[1]
+        size = -(-trials // min(cfg.minibatches, trials))
+        stats: dict[str, float] = {}
+        for _ in range(cfg.epochs):
+            order = torch.randperm(trials, generator=streams.actions, device=streams.actions.device).to(x.device)
+            for idx in order.split(size):
+                params, value = policy.unroll(x[:, idx], mask[:, idx])
+                dist = policy.distribution(params)
+                loss, stats = ppo_loss(
+                    dist.log_prob(actions[:, idx]),
+                    old_logp[:, idx],
+                    adv[:, idx],
+                    value,
+                    targets[:, idx],
+                    dist.entropy(),
+                    mask[:, idx],
+                    cfg.clip_range,
+                    cfg.value_coef,
+                    cfg.entropy_coef,
+                )
+                self.adam.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                self.adam.step()
+        per_episode = [float(ep.task_returns().mean()) for ep in trial]
+        metrics = {
+            "return/before_adaptation": per_episode[0],  # the trial's first episode: nothing seen yet
+            "return/after_adaptation": per_episode[-1],  # its last
+            **{f"return/episode_{k + 1}": r for k, r in enumerate(per_episode)},
+            **{f"rl2/{k}": v for k, v in stats.items()},
+            "policy/action_std": float(policy.log_std.detach().exp().mean()) if not policy.discrete else 0.0,
+        }
+        return metrics, int(sum(ep.num_steps for ep in trial)), sampling
+
+    @staticmethod
+    def progress(metrics: dict[str, Any]) -> str:
+        episodes = sorted(k for k in metrics if k.startswith("return/episode_"))
+        returns = " ".join(f"{metrics[k]:8.2f}" for k in episodes)
+        return f"return per episode {returns} | clipped {metrics.get('rl2/clip_fraction', 0.0):.2f}"
+
+    @classmethod
+    def adaptation_curve(
+        cls, run: Any, tasks: np.ndarray, steps: int, episodes: int, inner_lr: float, streams: Streams
+    ) -> Curve:
+        """The return of episode ``k = 0..steps`` of one trial per env (``episodes`` trials per
+        task): point ``k`` has seen ``k`` episodes of the task."""
+        sampler = Sampler(run.distribution, len(tasks), episodes, run.device)
+        try:
+            with torch.no_grad():
+                trial = sample_trials(sampler, run.policy, tasks, steps + 1, streams)
+        finally:
+            sampler.close()
+        returns = [ep.task_returns().cpu().double().numpy() for ep in trial]
+        success = [ep.task_success().cpu().double().numpy() for ep in trial if ep.success is not None]
+        return Curve(returns, list(range(steps + 1)), success)

@@ -52,6 +52,14 @@ class LoadedRun:
         """The inner step size at test time: ``evaluation.inner_lr``, else the training one."""
         return self.config.evaluation.inner_lr or self.config.adaptation.inner_lr
 
+    def check_adapts_by_gradient(self, what: str) -> None:
+        """``what`` shows adaptation by inner gradient steps; a run whose algorithm adapts otherwise is refused."""
+        if not self.partition:
+            raise ConfigError(
+                f"{what} shows adaptation by gradient steps; this run's algorithm {self.config.algorithm!r} adapts "
+                "otherwise (RL²: in its hidden state): use `caml-rl evaluate` or `caml-rl report` for its curve"
+            )
+
     def evaluate(
         self,
         tasks: int | None = None,
@@ -86,6 +94,7 @@ class LoadedRun:
     def adapt(self, task: Any, steps: int = 1, episodes: int = 20, seed: int = 0) -> AdaptedPolicy:
         """Adapt to one task (its parameter row, e.g. ``[0.3, -0.2]``) with ``steps`` inner steps,
         each on fresh episodes; ``returns_during_adaptation`` holds the mean return after 0..steps."""
+        self.check_adapts_by_gradient("adapt")
         task_row = np.asarray(task, dtype=np.float64).reshape(1, -1)
         names = self.distribution.task_names
         if task_row.shape[1] != len(names):

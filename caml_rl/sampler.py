@@ -32,6 +32,32 @@ class RolloutHook(Protocol):
     def on_step(self, env: BatchedEnv, obs: torch.Tensor) -> None: ...
 
 
+class Actor(Protocol):
+    """What a sampled policy answers at each step; a recurrent one also watches what happened."""
+
+    def __call__(self, obs: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Distribution parameters for ``obs [1, tasks, episodes, obs_dim]``; ``alive [tasks, episodes]``
+        is false for envs whose episode has ended (their step is padding)."""
+        ...
+
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, alive: torch.Tensor) -> None:
+        """The step's sampled action and reward, for the envs that were ``alive`` before it."""
+        ...
+
+
+class FastWeightsActor:
+    """The context-conditioned policy under per-task fast values (CAML's context, MAML's weights)."""
+
+    def __init__(self, policy: ContextMLPPolicy, fast: FastWeights):
+        self.policy, self.fast = policy, {k: v.detach() for k, v in fast.items()}
+
+    def __call__(self, obs: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return policy_forward(self.policy, obs, self.fast)
+
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, alive: torch.Tensor) -> None:
+        pass
+
+
 class Sampler:
     """Owns the batched env for ``num_tasks x episodes_per_task`` simulations."""
 
@@ -67,8 +93,13 @@ class Sampler:
         rng: np.random.Generator,
         generator: torch.Generator,
         deterministic: bool = False,
+        actor: Actor | None = None,
     ) -> Episodes:
         """Roll out ``horizon`` steps of one episode per env, for ``tasks: [num_tasks, task_dim]``.
+
+        The actions come from ``policy`` under the per-task ``fast`` values, or from ``actor``
+        when given (a recurrent policy that carries its state across calls; ``fast`` is unused);
+        ``policy`` turns the actor's distribution parameters into actions either way.
 
         On CPU torch runs single-threaded while sampling: its OpenMP threads would otherwise
         spin on the cores the simulator needs.
@@ -94,7 +125,9 @@ class Sampler:
             torch.set_num_threads(1)
         try:
             with torch.no_grad():
-                return self._rollout(policy, tasks, fast, rng, generator, deterministic)
+                return self._rollout(
+                    policy, tasks, actor or FastWeightsActor(policy, fast), rng, generator, deterministic
+                )
         finally:
             torch.set_num_threads(threads)
 
@@ -102,7 +135,7 @@ class Sampler:
         self,
         policy: ContextMLPPolicy,
         tasks: np.ndarray,
-        fast: FastWeights,
+        actor: Actor,
         rng: np.random.Generator,
         generator: torch.Generator,
         deterministic: bool,
@@ -110,7 +143,6 @@ class Sampler:
         n_t, n_e, horizon = self.num_tasks, self.episodes_per_task, self.distribution.horizon
         if tasks.shape[0] != n_t:
             raise ValueError(f"sampler built for {n_t} tasks, got {tasks.shape[0]}")
-        fast = {k: v.detach() for k, v in fast.items()}
         check = self.check
         first = self.shard[0] if self.shard is not None else 0
         if self.shard is not None:  # the whole batch's reset draws, this worker's rows
@@ -127,7 +159,7 @@ class Sampler:
         t = -1
         for t in range(horizon):
             obs = obs.view(1, n_t, n_e, -1)
-            params = policy_forward(policy, obs, fast)
+            params = actor(obs, alive)
             if deterministic:
                 action = policy.mode(params, policy.discrete)
             else:
@@ -147,6 +179,7 @@ class Sampler:
             if self.hook is not None:
                 self.hook.on_step(self.env, next_obs)
             rew_buf[t] = reward.to(self.device).view(n_t, n_e) * alive_f
+            actor.observe(action[0], rew_buf[t], alive)
             if self.env.success is not None:
                 succeeded |= self.env.success.to(self.device).view(n_t, n_e) & alive
             alive = alive & ~terminated.to(self.device).view(n_t, n_e)

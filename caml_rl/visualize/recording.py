@@ -109,4 +109,7 @@ def sample_eval_tasks(run: LoadedRun, num_tasks: int, seed: int | None = None) -
 
 
 def as_run(run: LoadedRun | str | Path) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else load_run(run)
+    """The loaded run, refused in one line when it does not adapt by gradient steps (what the figures show)."""
+    run = run if isinstance(run, LoadedRun) else load_run(run)
+    run.check_adapts_by_gradient("visualize")
+    return run
