@@ -52,16 +52,30 @@ def _subsample_episodes(
 
 
 def _subsample_tasks(
-    batch: MetaBatch, params: tuple[torch.Tensor, ...], fraction: float, gen: torch.Generator
-) -> tuple[MetaBatch, tuple[torch.Tensor, ...]]:
+    batch: MetaBatch,
+    params: tuple[torch.Tensor, ...],
+    fraction: float,
+    gen: torch.Generator,
+    shard: tuple[int, int] | None = None,
+) -> tuple[MetaBatch, tuple[torch.Tensor, ...], float]:
     """A random subset of whole tasks: what the full metric needs, since re-taking a task's inner
     step needs all its pre-adaptation episodes. The mean KL over tasks is a mean of per-task terms,
-    so its Hessian on the subset estimates the whole batch's without bias."""
+    so its Hessian on the subset estimates the whole batch's without bias.
+
+    ``shard = (first_task, total_tasks)`` (distributed training): the subset is drawn over the whole
+    meta-batch, as one process draws it, and this worker keeps the chosen tasks of its rows; the
+    returned weight scales its mean KL so that the workers' average is the mean over the whole subset
+    (0 when none of its tasks was chosen)."""
     n = batch.pre.num_tasks
-    k = max(1, round(n * fraction))
-    if k >= n:
-        return batch, params
-    idx = torch.randperm(n, generator=gen, device=gen.device)[:k].to(batch.pre.obs.device)
+    first, total = shard or (0, n)
+    k = max(1, round(total * fraction))
+    if k >= total:
+        return batch, params, 1.0
+    chosen = torch.randperm(total, generator=gen, device=gen.device)[:k]
+    if shard is not None:
+        chosen = chosen[(chosen >= first) & (chosen < first + n)] - first
+    idx = chosen.to(batch.pre.obs.device)
+    weight = 1.0 if shard is None else len(idx) * (total / n) / k
     sub = MetaBatch(
         pre=select_tasks(batch.pre, idx),
         pre_adv=batch.pre_adv[:, idx],
@@ -71,7 +85,7 @@ def _subsample_tasks(
         fast={name: v[idx] for name, v in batch.fast.items()},
         pre_logp=None if batch.pre_logp is None else batch.pre_logp[:, idx],
     )
-    return sub, tuple(p[:, idx] for p in params)
+    return sub, tuple(p[:, idx] for p in params), weight
 
 
 def surrogate_loss(
@@ -117,6 +131,7 @@ def fisher_vector_product(
     trpo_cfg: TRPOConfig,
     generator: torch.Generator,
     old_out: tuple[torch.Tensor, ...],
+    shard: tuple[int, int] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> H v``, H the Hessian in the shared parameters of the mean KL from the adapted policy.
 
@@ -125,18 +140,24 @@ def fisher_vector_product(
     ``auto`` picks full when network weights adapt (MAML: the fixed metric slows its learning
     several-fold, experiments/README.md) and fixed when only the context does. ``old_out``: the
     adapted policy's outputs on the post-adaptation episodes, detached. The KL's gradient graph is
-    built once and reused by every product.
+    built once and reused by every product. ``shard``: this worker's rows of the meta-batch, for
+    the task subsample (see ``_subsample_tasks``).
     """
     params = list(policy.parameters())
     fisher, fraction = trpo_cfg.metric(adapts_weights=any(n != "context" for n in names))
+    weight = 1.0
     if fisher == "fixed":
         kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
         kl_fast = detach_offset(batch.start, batch.fast)
     else:
-        batch, kl_old = _subsample_tasks(batch, old_out, fraction, generator)
+        batch, kl_old, weight = _subsample_tasks(batch, old_out, fraction, generator, shard)
+        if weight == 0:  # none of this worker's tasks is in the subsample: it adds nothing to the average
+            return lambda v: torch.zeros_like(v)
         kl_ep = batch.post
         kl_fast = readapt(policy, names, batch, adapt_cfg, create_graph=True)
     kl = mean_kl(policy, kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
+    if weight != 1.0:
+        kl = kl * weight
     kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
@@ -154,17 +175,19 @@ def meta_update(
     trpo_cfg: TRPOConfig,
     generator: torch.Generator,
     average: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    shard: tuple[int, int] | None = None,
 ) -> TRPOStats:
     """One TRPO step on ``policy``'s parameters (in place), or none if the step is rejected.
 
-    ``average`` is the mean over distributed workers (each holding a share of the tasks)."""
+    ``average`` is the mean over distributed workers (each holding a share of the tasks);
+    ``shard = (first_task, total_tasks)`` names this worker's share."""
     post = batch.post
     # Meta-gradient: through the inner step the trainer already took (second order unless first_order).
     out = policy_forward(policy, post.obs, batch.fast)
     old_out = tuple(o.detach() for o in out)
     old_logp = policy.distribution(old_out).log_prob(post.actions)
     loss = surrogate_loss(policy, batch, out, old_logp)
-    fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out)
+    fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard)
 
     def evaluate() -> tuple[float, float]:
         with torch.enable_grad():  # the inner step needs gradients even inside the line search

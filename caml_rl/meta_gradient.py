@@ -109,8 +109,9 @@ class MetaGradient(Algorithm):
         post_adv = advantages(post, adaptation.gamma, adaptation.gae_lambda)
         batch = MetaBatch(pre, pre_adv, post, post_adv, start, fast, pre_logp)
         if trpo:
+            shard = (s.first_task, config.meta_batch_size) if workers.world_size > 1 else None
             stats = meta_update(
-                policy, self.partition, batch, adaptation, config.trpo, streams.actions, workers.average
+                policy, self.partition, batch, adaptation, config.trpo, streams.actions, workers.average, shard
             )
             outer = {
                 "trpo/accepted": int(stats.accepted),

@@ -91,7 +91,11 @@ PPO += ["--set", "ppo.kl_target=0.01", "--set", "ppo.lr=0.03"]
 ROUNDING = dict(rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("outer", [[], PPO], ids=["trpo", "ppo"])
+# TRPO's exact metric on half of the tasks: the subsample is drawn over the whole batch on every worker
+FULL_SUBSAMPLE = ["--set", "trpo.fisher=full", "--set", "trpo.fvp_subsample=0.5"]
+
+
+@pytest.mark.parametrize("outer", [[], PPO, FULL_SUBSAMPLE], ids=["trpo", "ppo", "trpo_full_subsample"])
 def test_two_workers_take_the_same_steps_as_one_when_one_shard_ends_at_once(tmp_path, outer):
     one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
     args = [*SMALL, *EARLY_END, *outer]
@@ -111,13 +115,13 @@ def test_two_workers_take_the_same_steps_as_one_when_one_shard_ends_at_once(tmp_
     for name, a in weights(one).items():
         torch.testing.assert_close(a, weights(two)[name], **ROUNDING)
     keys = ["return/before_adaptation", "return/after_adaptation"]
-    keys += ["ppo/kl", "ppo/kl_pre", "ppo/clip_fraction"] if outer else ["trpo/kl"]
+    keys += ["ppo/kl", "ppo/kl_pre", "ppo/clip_fraction"] if outer == PPO else ["trpo/kl"]
     for key in keys:
         a, b = ([float(r[key]) for r in progress(d)] for d in (one, two))
         # a clipped fraction could move by one step if a ratio lay within rounding of the clip boundary;
         # it did not here (the fractions are equal), and a step is >= 1/48 of a minibatch's valid steps
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=key)
-    if outer:
+    if outer == PPO:
         assert any(float(r["ppo/clip_fraction"]) > 0 for r in progress(one))
 
 
