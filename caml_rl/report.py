@@ -142,6 +142,15 @@ def _mean_of(progress: list[list[dict]], column: str) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def episodes_seen(evaluation: dict) -> list[int]:
+    """Episodes of each new task seen before each point of the curve; files written before this was
+    recorded are gradient-step curves: ``k x episodes_per_task``."""
+    seen = evaluation.get("episodes_seen")
+    if isinstance(seen, list) and len(seen) == len(evaluation["task_returns"]):
+        return [int(x) for x in seen]
+    return [k * int(evaluation.get("episodes_per_task", 0)) for k in range(len(evaluation["task_returns"]))]
+
+
 def group_row(g: RunGroup, steps: int) -> dict:
     """One table row: per inner step the pooled mean, its interval over the pooled tasks and, for
     several seeds, its interval over the seeds' means."""
@@ -168,6 +177,7 @@ def group_row(g: RunGroup, steps: int) -> dict:
         "env_steps": float(np.mean(progress_column(last, "time/env_steps"))) if last else float("nan"),
         "wall_hours": float(np.mean(progress_column(last, "time/total_seconds"))) / 3600 if last else float("nan"),
         "update_seconds": _mean_of(g.progress, "time/update_seconds"),
+        "episodes_seen": episodes_seen(g.evals[0])[: steps + 1],
         "returns": [m for m, _ in pooled],
         "ci95": [c for _, c in pooled],
         "ci95_over_seeds": over_seeds,
@@ -256,7 +266,34 @@ def plot_curves(groups: list[RunGroup], rows: list[dict], out: Path) -> list[Pat
     fig.tight_layout()
     fig.savefig(paths[-1])
     plt.close(fig)
+    paths.append(plot_episodes_seen(rows, out))
     return paths
+
+
+def plot_episodes_seen(rows: list[dict], out: Path) -> Path:
+    """Every method on one axis: return on new tasks against the episodes of the task it had seen
+    (gradient methods: k steps x episodes; RL²: its episode index in the trial)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for r in rows:
+        n = min(len(r["episodes_seen"]), len(r["returns"]))
+        ax.errorbar(
+            r["episodes_seen"][:n], r["returns"][:n], yerr=r["ci95"][:n], marker="o", capsize=3, label=r["label"]
+        )
+    ax.set_xscale("symlog", linthresh=1)  # 0, 1, 2 episodes (RL²) and 20, 40, 60 (20 per gradient step) alike
+    ax.set(
+        xlabel="episodes of the new task seen (0 = before adapting)",
+        ylabel="mean episode return (95% CI)",
+        title="Adaptation on new tasks against the experience it used",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "adaptation_vs_episodes_seen.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def config_value(run_dir: Path, key: str) -> float:

@@ -1,6 +1,7 @@
 """RL²'s maths against hand computations: hidden state across a trial, GAE over it, the masked PPO loss."""
 
 import csv
+import json
 
 import gymnasium as gym
 import numpy as np
@@ -168,8 +169,13 @@ def test_rl2_run_directory_evaluate_and_report_work_like_every_other_run(tmp_pat
     assert result.adapt == "rl2" and result.episodes_seen == [0, 1, 2]  # one episode of the trial per point
     again = load_run(run).evaluate()
     assert again.returns == result.returns  # exact: the same seed and weights on the same machine
-    main(["report", str(run), "--out", str(tmp_path / "report")])
+    caml = tmp_path / "caml_seed0"
+    Trainer(small_rl2("iterations=1", "algorithm=meta_gradient"), caml).train(quiet=True)
+    main(["report", str(run), str(caml), "--out", str(tmp_path / "report")])
     assert "rl2" in (tmp_path / "report" / "results.md").read_text()
+    rows = {r["label"].split("/")[-1]: r for r in json.loads((tmp_path / "report" / "results.json").read_text())}
+    assert rows["rl2"]["episodes_seen"] == [0, 1, 2] and rows["caml"]["episodes_seen"] == [0, 2, 4]  # 2 episodes/step
+    assert (tmp_path / "report" / "adaptation_vs_episodes_seen.png").stat().st_size > 10_000  # both curves drawn
     with pytest.raises(SystemExit):
         main(["visualize", str(run), "--out", str(tmp_path / "vis")])
     assert "rl2" in capsys.readouterr().err
