@@ -26,9 +26,10 @@ class TaskVecEnv(VecEnv):
     **Tasks.** Env ``i`` runs task ``tasks[i % len(tasks)]`` (so ``tasks`` may hold one row per env,
     or fewer rows shared round-robin); with ``tasks=None`` every episode of every env draws a new
     task from the distribution (as :class:`~caml_rl.envs.SingleTaskEnv` without a fixed task).
-    :meth:`set_tasks` (or ``env_method("set_task", row, indices=...)``) changes them; a change
-    takes effect at each env's next episode, or at once after :meth:`reset`. ``info["task"]``
-    holds the task of the step's episode, :attr:`current_tasks` those of the episodes running.
+    :meth:`set_tasks` changes them all (None: draw again) and :meth:`set_task` (or
+    ``env_method("set_task", row, indices=...)``) fixes some envs' task, from each env's next
+    episode on (at once after :meth:`reset`). ``info["task"]`` holds the task of the step's
+    episode, :attr:`current_tasks` those of the episodes running.
 
     **Episodes and auto-reset.** A batched env can only reset all its simulations together (the
     ``BatchedEnv`` protocol has ``reset(tasks, rng)`` for the whole batch and no per-simulation
@@ -92,9 +93,10 @@ class TaskVecEnv(VecEnv):
         self._discrete = isinstance(dist.action_space, gym.spaces.Discrete)
         self._clip = action_clipper(dist.action_space, self.device)
         self._task_dim = len(dist.task_names)
-        self._table: np.ndarray | None = None  # [num_envs, task_dim] tasks of the next episodes; None: draw
         self._rng = np.random.default_rng(seed)
         super().__init__(int(num_envs), dist.observation_space, dist.action_space)
+        self._table = np.zeros((self.num_envs, self._task_dim))  # each env's task for its next episodes
+        self._draw = np.ones(self.num_envs, dtype=bool)  # ... or a new task drawn for each of its episodes
         self.set_tasks(tasks)
         self._env: BatchedEnv = dist.make_vec_env(self.num_envs, self.device)
         self._check = StepChecker(dist, self._env, self.num_envs)
@@ -109,7 +111,7 @@ class TaskVecEnv(VecEnv):
     def set_tasks(self, tasks: np.ndarray | Sequence[Sequence[float]] | None) -> None:
         """Env ``i`` runs ``tasks[i % len(tasks)]`` from its next episode on; None: a new task per episode."""
         if tasks is None:
-            self._table = None
+            self._draw[:] = True
             return
         rows = np.asarray(tasks, dtype=np.float64)
         if rows.ndim == 1 and self._task_dim == 1:
@@ -122,15 +124,16 @@ class TaskVecEnv(VecEnv):
         if not np.isfinite(rows).all():
             raise TaskDistributionError("TaskVecEnv: tasks hold non-finite values")
         self._table = rows[np.arange(self.num_envs) % len(rows)].copy()
+        self._draw[:] = False
 
     def set_task(self, task: Sequence[float], indices: VecEnvIndices = None) -> None:
         """Fix the task of the envs ``indices`` (default: all) from their next episode on."""
         row = np.asarray(task, dtype=np.float64).reshape(-1)
         if row.shape != (self._task_dim,) or not np.isfinite(row).all():
             raise TaskDistributionError(f"TaskVecEnv: task {task!r} is not {self._task_dim} finite numbers")
-        if self._table is None:  # envs that draw their tasks keep the ones they run now
-            self._table = self._current.copy()
-        self._table[list(self._get_indices(indices))] = row
+        idx = list(self._get_indices(indices))
+        self._table[idx] = row
+        self._draw[idx] = False
 
     @property
     def current_tasks(self) -> np.ndarray:
@@ -138,9 +141,12 @@ class TaskVecEnv(VecEnv):
         return self._current.copy()
 
     def _next_tasks(self, rows: np.ndarray) -> np.ndarray:
-        if self._table is None:
-            return sample_tasks(self.distribution, self._rng, len(rows)).astype(np.float64)
-        return self._table[rows]
+        """The tasks of the next episodes of envs ``rows``: fixed ones, or drawn from the generator."""
+        tasks = self._table[rows]
+        draw = self._draw[rows]
+        if draw.any():
+            tasks[draw] = sample_tasks(self.distribution, self._rng, int(draw.sum()))
+        return tasks
 
     # ------------------------------------------------------------------ VecEnv API
     def reset(self) -> VecEnvObs:
