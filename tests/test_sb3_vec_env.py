@@ -1,7 +1,11 @@
 """envs.TaskVecEnv: a task distribution as one SB3 VecEnv (SB3's own checks, auto-reset, tasks, seeding, PPO)."""
 
 import dataclasses
+import importlib.util
+import json
+import re
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +18,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecMonitor, VecNormalize
 
 from caml_rl import envs
+
+ROOT = Path(__file__).parents[1]
 
 
 def nav(horizon=5):
@@ -197,6 +203,12 @@ def test_tasks_round_robin_set_tasks_and_a_new_task_per_episode():
     for _ in range(2):
         drawn.step(np.zeros((3, 2), np.float32))
     assert not np.allclose(drawn.current_tasks, first) and len(np.unique(first[:, 0])) == 3
+    drawn.set_task([0.2, -0.1], indices=1)  # env 1 fixed, envs 0 and 2 keep drawing
+    second = drawn.current_tasks
+    for _ in range(2):
+        drawn.step(np.zeros((3, 2), np.float32))
+    third = drawn.current_tasks
+    assert np.array_equal(third[1], [0.2, -0.1]) and not np.isclose(third[[0, 2]], second[[0, 2]]).any()
     with pytest.raises(envs.TaskDistributionError, match="expected \\(k, 2\\)"):
         drawn.set_tasks([[1.0, 2.0, 3.0]])
 
@@ -238,3 +250,31 @@ def test_ppo_learns_a_navigation_task():
     # standing still) leaves a wide margin while a policy that did not learn stays near -10.
     assert before == pytest.approx(-10.0, abs=0.1)
     assert after > -5.0, (before, after)
+
+
+def test_benchmark_script_times_both_vec_envs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "experiments" / "benchmark_sb3_view.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--n-envs", "2", "--steps", "8", "--n-steps", "4", "--batch-size", "4", "--n-epochs", "1", "--repeats", "1"]
+    result = bench.main([*argv, "--horizon", "3", "--out", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(result))
+    (row,) = result["rows"]
+    assert row["n_envs"] == 2 and row["steps"] == 8 and row["horizon"] == 3
+    for key in ("ppo_steps_per_cpu_s", "ppo_steps_per_wall_s", "env_steps_per_cpu_s", "env_steps_per_wall_s"):
+        assert set(row[key]) == {"TaskVecEnv", "DummyVecEnv"} and min(row[key].values()) > 0
+    assert "| 2 envs (4 steps x 2 envs, minibatch 4, 1 epochs, 64x64 tanh) |" in capsys.readouterr().out
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"### SB3 algorithms on caml-rl's task distributions\n.*?```python\n(.*?)```", text, re.S).group(1)
+    assert code.count("num_envs=200") == 2 and "n_steps=100, batch_size=1000).learn(200_000)" in code
+    code = code.replace("num_envs=200", "num_envs=50")  # small and quick; 50 envs still share 40 tasks round-robin
+    code = code.replace("n_steps=100, batch_size=1000).learn(200_000)", "n_steps=4, batch_size=100).learn(200)")
+    namespace: dict = {}
+    exec(compile(code, "README-sb3-view", "exec"), namespace)
+    env, dist = namespace["env"], namespace["dist"]
+    new = dist.sample_tasks(np.random.default_rng(2), 40)
+    env.reset()
+    assert np.array_equal(env.current_tasks, new[np.arange(50) % 40])
