@@ -211,7 +211,7 @@ def test_readme_visualize_task_example_parses():
     assert parse_task(args.task, ("direction",), "halfcheetah_dir") == [-1.0]
     flags = re.search(r"`(--task goal_x=0\.3 --task goal_y=-0\.2)`", text).group(1)
     args = build_parser().parse_args(["visualize", "RUN", *flags.split()])
-    assert parse_task(args.task, ("goal_x", "goal_y"), "navigation2d") == [0.3, -0.2]
+    assert parse_task(args.task, ("goal_x", "goal_y"), "navigation2d") == [0.3, -0.2]  # exact: parsed as the literals
 
 
 class _DiscreteLine(gym.Env):
