@@ -94,6 +94,15 @@ class Algorithm(ABC):
     def progress(metrics: dict[str, Any]) -> str:
         """The middle of the one-line progress report, e.g. ``return before -25.3 after -18.2 | kl ...``."""
 
+    @abstractmethod
+    def sample_once(self, tasks: np.ndarray) -> int:
+        """One sampling pass of an iteration's batch on ``tasks`` (for ``caml-rl benchmark``); its env steps."""
+
+    @abstractmethod
+    def fwdbwd_seconds(self, tasks: np.ndarray, repeats: int = 3) -> float:
+        """Seconds of one forward + backward pass of the policy over an iteration's samples: the
+        unit ``caml-rl benchmark`` reports the update's cost in."""
+
     def details(self) -> dict[str, Any]:
         """Facts for run.json (e.g. what adapts)."""
         return {}

@@ -15,7 +15,6 @@ import torch
 from caml_rl import envs
 
 from .config import load_config
-from .partition import as_leaves, initial_fast_weights, policy_forward
 from .trainer import Trainer
 
 PRESETS = {
@@ -100,24 +99,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def fwdbwd_seconds(trainer: Trainer, repeats: int = 3) -> float:
-    """One forward + backward pass of the policy over an iteration's samples (pre + post)."""
-    n = trainer.local_tasks
-    fast = as_leaves(initial_fast_weights(trainer.policy, trainer.algorithm.partition, n))
-    tasks = trainer.distribution.sample_tasks(trainer.streams.tasks, n)
-    ep = trainer.algorithm.sampler.sample(trainer.policy, tasks, fast, trainer.streams.env, trainer.streams.actions)
-    obs = torch.cat([ep.obs, ep.obs], dim=2)  # twice the batch: pre and post samples
-    actions = torch.cat([ep.actions, ep.actions], dim=2)
-    times = []
-    for _ in range(repeats):
-        trainer.policy.zero_grad()
-        t0 = time.perf_counter()
-        logp = trainer.policy.distribution(policy_forward(trainer.policy, obs, fast)).log_prob(actions)
-        logp.sum().backward()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run_benchmark(
     env: str = "halfcheetah_vel",
     tasks: int = 40,
@@ -172,18 +153,16 @@ def run_benchmark(
             str(n): physics_steps_per_s(dist, n, h, np.random.default_rng(0), trainer.device)[0] for n in worlds or []
         }
 
-        fast = initial_fast_weights(trainer.policy, trainer.algorithm.partition, local)
+        algorithm = trainer.algorithm
         task_rows = trainer.distribution.sample_tasks(trainer.streams.tasks, local)
-        sampler_of, streams = trainer.algorithm.sampler, trainer.streams
-        if getattr(getattr(sampler_of.env, "sim", None), "on_device", False):
+        if getattr(getattr(algorithm.sampler.env, "sim", None), "on_device", False):
             # Warp: the sampler's first two steps load kernels and capture the step graph
-            sampler_of.sample(trainer.policy, task_rows, fast, streams.env, streams.actions)
+            algorithm.sample_once(task_rows)
         t0 = time.perf_counter()
-        ep = sampler_of.sample(trainer.policy, task_rows, fast, streams.env, streams.actions)
-        sampler = ep.num_steps / (time.perf_counter() - t0)
+        sampler = algorithm.sample_once(task_rows) / (time.perf_counter() - t0)
 
         per_iter = [trainer.iterate() for _ in range(iterations)]
-        fwdbwd = fwdbwd_seconds(trainer)
+        fwdbwd = algorithm.fwdbwd_seconds(task_rows)
         trainer.algorithm.close()
         trainer.workers.close()
     it_s = statistics.mean(m["time/iteration_seconds"] for m in per_iter)
@@ -217,5 +196,6 @@ def run_benchmark(
         "update_vs_fwdbwd": upd_s / fwdbwd,
         "returns_after_adaptation": [m["return/after_adaptation"] for m in per_iter],
         "optimizer": config.optimizer,
-        "trpo_accepted": [m["trpo/accepted"] for m in per_iter] if config.optimizer == "trpo" else None,
+        "trpo_accepted": [m["trpo/accepted"] for m in per_iter] if "trpo/accepted" in per_iter[0] else None,
+        "algorithm": config.algorithm,
     }

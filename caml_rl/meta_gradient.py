@@ -8,6 +8,7 @@ sample again with the adapted values, and update the shared weights through the 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from .config import Config
 from .evaluation import adaptation_steps
 from .meta import MetaBatch, meta_update
 from .meta_ppo import MetaPPO, ppo_update
-from .partition import initial_fast_weights, resolve_partition
+from .partition import as_leaves, initial_fast_weights, policy_forward, resolve_partition
 from .policies import ContextMLPPolicy, make_policy
 from .sampler import Sampler
 from .seeding import Streams
@@ -142,6 +143,26 @@ class MetaGradient(Algorithm):
             success = workers.average(success)
             metrics["success/before_adaptation"], metrics["success/after_adaptation"] = map(float, success)
         return metrics, int(steps * workers.world_size), sampling
+
+    def sample_once(self, tasks: np.ndarray) -> int:
+        s = self.setup
+        start = initial_fast_weights(self.policy, self.partition, len(tasks))
+        return self.sampler.sample(self.policy, tasks, start, s.streams.env, s.streams.actions).num_steps
+
+    def fwdbwd_seconds(self, tasks: np.ndarray, repeats: int = 3) -> float:
+        """Over twice one sampling pass's episodes: the pre- and post-adaptation samples."""
+        s, policy = self.setup, self.policy
+        fast = as_leaves(initial_fast_weights(policy, self.partition, len(tasks)))
+        ep = self.sampler.sample(policy, tasks, fast, s.streams.env, s.streams.actions)
+        obs = torch.cat([ep.obs, ep.obs], dim=2)
+        actions = torch.cat([ep.actions, ep.actions], dim=2)
+        times = []
+        for _ in range(repeats):
+            policy.zero_grad()
+            t0 = time.perf_counter()
+            policy.distribution(policy_forward(policy, obs, fast)).log_prob(actions).sum().backward()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
     @staticmethod
     def progress(metrics: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ previous action/reward persist between the calls; every task's trials step in on
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -329,6 +330,26 @@ class RL2(Algorithm):
             "policy/action_std": float(policy.log_std.detach().exp().mean()) if not policy.discrete else 0.0,
         }
         return metrics, int(sum(ep.num_steps for ep in trial)), sampling
+
+    def sample_once(self, tasks: np.ndarray) -> int:
+        trial = sample_trials(
+            self.sampler, self.policy, tasks, self.setup.config.rl2.episodes_per_trial, self.setup.streams
+        )
+        return sum(ep.num_steps for ep in trial)
+
+    def fwdbwd_seconds(self, tasks: np.ndarray, repeats: int = 3) -> float:
+        """Over one iteration's trials: the recurrence unrolled through them, then its backward."""
+        policy = self.policy
+        trial = sample_trials(self.sampler, policy, tasks, self.setup.config.rl2.episodes_per_trial, self.setup.streams)
+        x, actions, _, mask = trial_inputs(policy, trial)
+        times = []
+        for _ in range(repeats):
+            policy.zero_grad()
+            t0 = time.perf_counter()
+            params, value = policy.unroll(x, mask)
+            (policy.distribution(params).log_prob(actions).sum() + value.sum()).backward()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
     @staticmethod
     def progress(metrics: dict[str, Any]) -> str:
