@@ -12,9 +12,12 @@ from caml_rl.policies import ContextMLPPolicy
 # bits with the thread count: a test may hold two computations of one process bit-identical (both run at the
 # same count), but a comparison with a number from elsewhere needs a tolerance that covers rounding. To check,
 # run the suite at two counts, e.g. `pytest --torch-threads 1` and `pytest --torch-threads 2` (OMP_NUM_THREADS
-# sets the default, which is all cores). The count is re-set before every test, because a run whose config
-# sets torch_threads calls torch.set_num_threads for the whole process: the tests after it would otherwise
-# all run at that count. Subprocesses (the CLI, torchrun) get it through OMP_NUM_THREADS.
+# sets the default, which is all cores). The count is re-set before and after every test, because a run whose
+# config sets torch_threads calls torch.set_num_threads for the whole process: the tests after it would
+# otherwise all run at that count. Subprocesses (the CLI, torchrun) get it through OMP_NUM_THREADS.
+# Another CPU's rounding can be had on this one by taking other kernels, e.g. AVX2 instead of AVX-512:
+# ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell
+# NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" pytest (a training run then differs as on such a CPU).
 
 
 def pytest_addoption(parser):
@@ -43,11 +46,14 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _torch_threads(request):
-    """Every test starts at the session's thread count, whatever an earlier test's run set."""
+    """Every test starts at the session's thread count, whatever an earlier test's run set, and leaves it so
+    (a module-scoped fixture that trains is set up between two tests)."""
     threads = request.config.torch_threads
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def random_episodes(T=6, tasks=3, eps=4, obs_dim=2, act_dim=2, dtype=torch.float64, seed=0, ragged=True):
