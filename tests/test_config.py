@@ -71,3 +71,14 @@ def test_shipped_configs_load():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_the_readme_configuration_table_is_generated_from_the_docstrings():
+    """README's table lists every key with its default and docstring, so the docs cannot drift from the code."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = [f"| `{key}` | `{default}` | {' '.join(doc.split())} |" for key, default, doc in field_docs(Config)]
+    head = "| key | default | meaning |\n|---|---|---|\n"
+    table = readme[readme.index(head) + len(head) :].split("\n\n")[0]
+    assert table.splitlines() == rows
