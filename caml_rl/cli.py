@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if trainer.workers.is_main:
             workers = f" ({trainer.workers.world_size} workers)" if trainer.workers.world_size > 1 else ""
             print(
-                f"training {config.env.name} (adapt={config.adaptation.partition}) on {trainer.device}, "
+                f"training {config.env.name} (adapt={type(trainer.algorithm).label(config)}) on {trainer.device}, "
                 f"{config.iterations} iterations -> {out}{workers}"
             )
     trainer.train(evaluate_at_end=not args.no_eval)
