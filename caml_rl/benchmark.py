@@ -14,7 +14,8 @@ import torch
 
 from caml_rl import envs
 
-from .config import load_config
+from .config import Config, load_config
+from .timing import recording
 from .trainer import Trainer
 
 PRESETS = {
@@ -111,12 +112,19 @@ def run_benchmark(
     overrides: list[str] | None = None,
     simulator: str | None = None,
     worlds: list[int] | None = None,
+    config_file: str | None = None,
 ) -> dict[str, Any]:
-    """Measure (a) physics, (b) sampler, (c) meta-iterations, (d) one policy forward+backward.
+    """Measure (a) physics, (b) sampler, (c) meta-iterations, (d) one policy forward+backward, and
+    (e) the parts of the update (:mod:`caml_rl.timing` sections) in units of (d).
 
     ``simulator`` picks the MuJoCo backend (``env.settings.simulator``); ``worlds`` adds (a) at
     those numbers of simulations (``physics_steps_per_s_by_worlds``), one horizon each.
+    ``config_file`` benchmarks exactly that config (with ``overrides``); the batch arguments
+    (``env``, ``tasks``, ``episodes``, ``horizon``, ``method``, ``preset``) are then unused.
     """
+    if config_file is not None:
+        config = load_config(config_file, [f"device={device}", *(overrides or [])])
+        return _measure(config, iterations, worlds)
     extra: list[str] = [f"env.settings.simulator={simulator}"] if simulator else []
     if preset:
         p = PRESETS[preset]
@@ -142,6 +150,11 @@ def run_benchmark(
             *(overrides or []),
         ],
     )
+    return {**_measure(config, iterations, worlds), "method": method}
+
+
+def _measure(config: Config, iterations: int, worlds: list[int] | None) -> dict[str, Any]:
+    episodes = config.episodes_per_task
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, tmp)
         trainer.algorithm.open()
@@ -161,7 +174,8 @@ def run_benchmark(
         t0 = time.perf_counter()
         sampler = algorithm.sample_once(task_rows) / (time.perf_counter() - t0)
 
-        per_iter = [trainer.iterate() for _ in range(iterations)]
+        with recording() as parts:
+            per_iter = [trainer.iterate() for _ in range(iterations)]
         fwdbwd = algorithm.fwdbwd_seconds(task_rows)
         trainer.algorithm.close()
         trainer.workers.close()
@@ -169,12 +183,11 @@ def run_benchmark(
     upd_s = statistics.mean(m["time/update_seconds"] for m in per_iter)
     steps = statistics.mean(m["time/env_steps"] for m in per_iter[:1]) if per_iter else 0
     return {
-        "env": env,
+        "env": config.env.name,
         "simulator": getattr(trainer.distribution, "simulator", None),
-        "method": method,
         "device": str(trainer.device),
         "device_name": device_name(trainer.device),
-        "tasks": tasks,
+        "tasks": config.meta_batch_size,
         "episodes": episodes,
         "horizon": h,
         "hidden_sizes": config.policy.hidden_sizes,
@@ -194,6 +207,15 @@ def run_benchmark(
         "sampler_vs_physics": sampler / physics,
         "iteration_vs_physics": (steps / it_s) / physics,
         "update_vs_fwdbwd": upd_s / fwdbwd,
+        # per iteration: each section's seconds, how often it ran, and its seconds in fwd+bwd units
+        "update_parts": {
+            name: {
+                "seconds": sum(t) / len(per_iter),
+                "calls": len(t) / len(per_iter),
+                "fwdbwd": sum(t) / len(per_iter) / fwdbwd,
+            }
+            for name, t in parts.items()
+        },
         "returns_after_adaptation": [m["return/after_adaptation"] for m in per_iter],
         "optimizer": config.optimizer,
         "trpo_accepted": [m["trpo/accepted"] for m in per_iter] if "trpo/accepted" in per_iter[0] else None,

@@ -26,6 +26,7 @@ from .reproduction import LATER_STEPS_TOLERANCE, disagreements, machine_differen
 AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 SEED = (lambda v: 0 <= v < 2**63, "an integer >= 0")
+BENCHMARK_BATCH = {"env": "halfcheetah_vel", "tasks": 40, "episodes": 20, "horizon": 200, "method": "caml"}
 SET_HELP = "override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)"
 
 
@@ -66,13 +67,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="physics vs sampler vs meta-iteration throughput on one batch")
-    p.add_argument("--env", default="halfcheetah_vel", help="task distribution (default: halfcheetah_vel)")
-    p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--horizon", type=int, default=200)
+    p.add_argument("--config", help="benchmark exactly this config file (e.g. a headline config; --set still applies)")
+    p.add_argument("--env", help=f"task distribution (default: {BENCHMARK_BATCH['env']})")
+    p.add_argument("--tasks", type=int, help=f"default {BENCHMARK_BATCH['tasks']}")
+    p.add_argument("--episodes", type=int, help=f"default {BENCHMARK_BATCH['episodes']}")
+    p.add_argument("--horizon", type=int, help=f"default {BENCHMARK_BATCH['horizon']}")
     p.add_argument("--iterations", type=int, default=3, help="meta-iterations to time")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--method", default="caml", choices=["caml", "maml"])
+    p.add_argument("--method", choices=["caml", "maml"], help=f"default {BENCHMARK_BATCH['method']}")
     p.add_argument(
         "--preset",
         choices=["paper", "maml-rl"],
@@ -91,8 +93,17 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1, horizon=AT_LEAST_1, iterations=AT_LEAST_1)
     if any(n < 1 for n in args.worlds or []):
         raise ConfigError(f"--worlds {min(args.worlds)} is out of range; allowed: >= 1")
+    given = [f"--{k}" for k in (*BENCHMARK_BATCH, "preset", "simulator") if getattr(args, k) is not None]
+    if args.config and given:
+        raise ConfigError(
+            f"--config benchmarks the config file as it is; drop {', '.join(given)} (change it with --set KEY=VALUE)"
+        )
+    for key, default in BENCHMARK_BATCH.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     flags = "env tasks episodes horizon iterations device method preset overrides simulator worlds".split()
-    result = run_benchmark(**{flag: getattr(args, flag) for flag in flags})  # named as its parameters
+    kwargs = {flag: getattr(args, flag) for flag in flags}  # named as its parameters
+    result = run_benchmark(**kwargs, config_file=args.config)
     if rank_from_env() != 0:  # under torchrun every worker measures; rank 0 reports
         return
     if args.json:

@@ -18,6 +18,7 @@ from .config import AdaptationConfig, TRPOConfig
 from .episodes import Episodes, select_tasks
 from .partition import FastWeights, detach_offset, initial_fast_weights, policy_forward
 from .policies import ContextMLPPolicy
+from .timing import section
 from .trpo import TRPOStats, trpo_step
 
 
@@ -161,8 +162,9 @@ def fisher_vector_product(
     kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]).detach()
+        with section("fisher_vector_product"):
+            hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
+            return torch.cat([h.reshape(-1) for h in hv]).detach()
 
     return fvp
 
@@ -183,11 +185,13 @@ def meta_update(
     ``shard = (first_task, total_tasks)`` names this worker's share."""
     post = batch.post
     # Meta-gradient: through the inner step the trainer already took (second order unless first_order).
-    out = policy_forward(policy, post.obs, batch.fast)
-    old_out = tuple(o.detach() for o in out)
-    old_logp = policy.distribution(old_out).log_prob(post.actions)
-    loss = surrogate_loss(policy, batch, out, old_logp)
-    fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard)
+    with section("surrogate"):
+        out = policy_forward(policy, post.obs, batch.fast)
+        old_out = tuple(o.detach() for o in out)
+        old_logp = policy.distribution(old_out).log_prob(post.actions)
+        loss = surrogate_loss(policy, batch, out, old_logp)
+    with section("metric_build"):
+        fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard)
 
     def evaluate() -> tuple[float, float]:
         with torch.enable_grad():  # the inner step needs gradients even inside the line search

@@ -26,6 +26,7 @@ from .partition import as_leaves, initial_fast_weights, policy_forward, resolve_
 from .policies import ContextMLPPolicy, make_policy
 from .sampler import Sampler
 from .seeding import Streams
+from .timing import section
 
 
 @register_algorithm
@@ -91,17 +92,18 @@ class MetaGradient(Algorithm):
         # the inner step at every gradient step and reads this one only detached: no graph is built
         # (with MAML its second-order graph would be held through post-sampling and the update).
         trpo = self.outer is None
-        fast = adapt(
-            policy,
-            start,
-            pre,
-            pre_adv,
-            adaptation.inner_lr,
-            adaptation.inner_steps,
-            create_graph=trpo and not adaptation.first_order,
-            objective=adaptation.inner_objective,
-            behaviour_logp=pre_logp,
-        )
+        with section("inner_step"):
+            fast = adapt(
+                policy,
+                start,
+                pre,
+                pre_adv,
+                adaptation.inner_lr,
+                adaptation.inner_steps,
+                create_graph=trpo and not adaptation.first_order,
+                objective=adaptation.inner_objective,
+                behaviour_logp=pre_logp,
+            )
         if not trpo:
             fast = {k: v.detach() for k, v in fast.items()}
         t1 = time.perf_counter()
@@ -124,9 +126,10 @@ class MetaGradient(Algorithm):
             }
         else:
             shard = (s.first_task, config.meta_batch_size)
-            ppo = ppo_update(
-                policy, self.partition, batch, adaptation, self.outer, streams.actions, workers.average, shard
-            )
+            with section("ppo_update"):
+                ppo = ppo_update(
+                    policy, self.partition, batch, adaptation, self.outer, streams.actions, workers.average, shard
+                )
             outer = {f"ppo/{k}": v for k, v in dataclasses.asdict(ppo).items()}
         returns = workers.average(torch.stack([pre.task_returns().mean(), post.task_returns().mean()]).double().cpu())
         steps = workers.average(torch.tensor(float(pre.num_steps + post.num_steps)))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .timing import section
+
 
 @dataclass
 class TRPOStats:
@@ -71,7 +73,8 @@ def trpo_step(
     Fisher-vector product, so that all workers reach the same decisions.
     """
     old = parameters_to_vector(params).detach().clone()
-    grads = torch.autograd.grad(loss, params)
+    with section("meta_gradient"):
+        grads = torch.autograd.grad(loss, params)
     g_and_loss = average(torch.cat([parameters_to_vector(grads).detach(), loss.detach().reshape(1)]))
     g, loss_before = g_and_loss[:-1], float(g_and_loss[-1])
 
@@ -85,7 +88,8 @@ def trpo_step(
     def damped(v: torch.Tensor) -> torch.Tensor:
         return average(fisher_vector_product(v)) + cg_damping * v
 
-    direction = conjugate_gradient(damped, g, cg_iters)
+    with section("conjugate_gradient"):
+        direction = conjugate_gradient(damped, g, cg_iters)
     shs = 0.5 * (direction @ damped(direction))
     if not _finite(direction, shs) or shs <= 0:
         return reject("non_finite_step")
@@ -96,7 +100,8 @@ def trpo_step(
         for i in range(ls_steps):
             fraction = ls_backtrack**i
             vector_to_parameters(old - fraction * full_step, params)
-            new_loss, kl = (float(x) for x in average(torch.tensor(evaluate(), dtype=torch.float64)))
+            with section("line_search_candidate"):
+                new_loss, kl = (float(x) for x in average(torch.tensor(evaluate(), dtype=torch.float64)))
             if not _finite(new_loss, kl):
                 reason = "non_finite_step"
                 continue

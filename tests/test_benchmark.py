@@ -57,3 +57,33 @@ def test_benchmark_rejects_bad_sizes(capsys):
         main(["benchmark", "--tasks", "0"])
     assert exc.value.code == 2
     assert "--tasks 0 is out of range" in capsys.readouterr().err
+
+
+def test_benchmark_of_a_config_file_breaks_the_update_into_its_parts(tmp_path, capsys):
+    """``--config`` takes the file as it is (here MAML with the exact metric on half the tasks); the
+    update's parts are the TRPO step's sections, each timed per iteration and in fwd+bwd units."""
+    config = tmp_path / "maml.yaml"
+    config.write_text(
+        "env: {name: halfcheetah_vel, settings: {horizon: 10}}\n"
+        "policy: {hidden_sizes: [16], context_size: 0}\n"
+        "adaptation: {partition: all, inner_lr: 0.1}\n"
+        "trpo: {fisher: full, fvp_subsample: 0.5, cg_iters: 3}\n"
+        "meta_batch_size: 4\nepisodes_per_task: 2\n"
+    )
+    main(["benchmark", "--config", str(config), "--iterations", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["env"] == "halfcheetah_vel" and result["tasks"] == 4 and result["env_steps_per_iteration"] == 160
+    parts = result["update_parts"]
+    names = {"inner_step", "surrogate", "metric_build", "meta_gradient", "conjugate_gradient"}
+    names |= {"fisher_vector_product", "line_search_candidate"}
+    assert names <= set(parts)
+    # one per CG iteration (3, fewer only if CG converged early) and one for the step's length
+    assert 2 <= parts["fisher_vector_product"]["calls"] <= 3 + 1
+    assert all(p["seconds"] > 0 and p["fwdbwd"] > 0 for p in parts.values())  # signs only: timings vary
+
+
+def test_benchmark_config_refuses_batch_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--config", "experiments/configs/navigation_caml.yaml", "--tasks", "4"])
+    assert exc.value.code == 2
+    assert "drop --tasks" in capsys.readouterr().err
