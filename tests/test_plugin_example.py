@@ -5,10 +5,10 @@ import re
 from pathlib import Path
 
 import caml_rl.envs as envs
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from toy_envs import LineGoals
 
 from caml_rl import Trainer, load_config, load_run
 
@@ -214,44 +214,8 @@ def test_readme_visualize_task_example_parses():
     assert parse_task(args.task, ("goal_x", "goal_y"), "navigation2d") == [0.3, -0.2]  # exact: parsed as the literals
 
 
-class _DiscreteLine(gym.Env):
-    """Move left, stay or right towards a hidden goal: a Discrete(3) action space."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = gym.spaces.Discrete(3)
-
-    def __init__(self):
-        self.goal, self.x = 0.0, 0.0
-
-    def set_task(self, task):
-        self.goal = float(task[0])
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = 0.0
-        return np.array([self.x], np.float32), {}
-
-    def step(self, action):
-        assert action in (0, 1, 2)
-        self.x += 0.1 * (int(action) - 1)
-        return np.array([self.x], np.float32), -abs(self.x - self.goal), False, False, {}
-
-
-@dataclasses.dataclass
-class _DiscreteGoals(envs.GymTaskDistribution):
-    name = "discrete_goals"
-    task_names = ("goal",)
-    horizon: int = 10
-
-    def make_env(self):
-        return _DiscreteLine()
-
-    def sample_tasks(self, rng, num_tasks):
-        return rng.uniform(-1, 1, size=(num_tasks, 1))
-
-
 def test_discrete_actions_train_evaluate_and_predict(tmp_path):
-    envs.register("discrete_goals", _DiscreteGoals, overwrite=True)
+    envs.register("discrete_goals", LineGoals, overwrite=True)
     cfg = load_config(
         None,
         ["env.name=discrete_goals", "iterations=2", "meta_batch_size=3", "episodes_per_task=3"]

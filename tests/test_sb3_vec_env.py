@@ -1,6 +1,5 @@
 """envs.TaskVecEnv: a task distribution as one SB3 VecEnv (SB3's own checks, auto-reset, tasks, seeding, PPO)."""
 
-import dataclasses
 import importlib.util
 import json
 import re
@@ -16,6 +15,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecMonitor, VecNormalize
+from toy_envs import EndingLineGoals
 
 from caml_rl import envs
 
@@ -43,43 +43,6 @@ class OneEnv(gym.Env):
         truncated = bool(info[0]["TimeLimit.truncated"])
         obs = info[0]["terminal_observation"] if done[0] else obs[0]
         return obs, float(reward[0]), bool(done[0]) and not truncated, truncated, {}
-
-
-class _Line(gym.Env):
-    """Left, stay or right towards a hidden goal (Discrete(3)); ends within 0.05 of it."""
-
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = gym.spaces.Discrete(3)
-
-    def __init__(self):
-        self.goal, self.x = 0.0, 0.0
-
-    def set_task(self, task):
-        self.goal = float(task[0])
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = 0.0
-        return np.array([self.x], np.float32), {}
-
-    def step(self, action):
-        assert action in (0, 1, 2)
-        self.x += 0.1 * (int(action) - 1)
-        distance = abs(self.x - self.goal)
-        return np.array([self.x], np.float32), -distance, distance < 0.05, False, {}
-
-
-@dataclasses.dataclass
-class _LineGoals(envs.GymTaskDistribution):
-    name = "test_line_goals"
-    task_names = ("goal",)
-    horizon: int = 6
-
-    def make_env(self):
-        return _Line()
-
-    def sample_tasks(self, rng, num_tasks):
-        return rng.uniform(-1, 1, size=(num_tasks, 1))
 
 
 def test_sb3_check_env_and_wrappers_accept_the_view():
@@ -171,7 +134,7 @@ def test_early_termination_auto_resets_that_env_alone_and_the_horizon_truncates_
 
 
 def test_discrete_actions_terminations_and_a_ppo_run():
-    dist = _LineGoals()
+    dist = EndingLineGoals(horizon=6)
     view = TaskVecEnv(dist, [[0.2], [-0.9]], seed=0)
     view.reset()
     for t in range(1, 7):
