@@ -45,4 +45,7 @@ def test_adaptation_improves_return_after_short_training(tmp_path):
 def test_navigation_reaches_published_levels(tmp_path):
     cfg = load_config("experiments/configs/navigation_caml.yaml", ["iterations=200", "device=cpu"])
     result = Trainer(cfg, tmp_path / "run").train(quiet=True)
+    # published-level thresholds (slow: not in the default suite). Seed 0 reached -15.2 after one step, a gain of
+    # 21.9 (95% intervals 1.5 and 4.2), in one run on one machine: ~10 above each; the spread over seeds and
+    # machines is not measured (6 minutes a run)
     assert result.returns[1] > -25 and result.returns[1] - result.returns[0] > 10
