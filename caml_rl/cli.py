@@ -117,16 +117,33 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every run of a suite, skipping finished ones and resuming the rest")
     p.add_argument("suite", help="suite YAML (see experiments/suites/)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each on its own CPUs)")
+    p.add_argument("--jobs", type=int, help="runs trained at once on this machine, each on its own CPUs (default 1)")
     p.add_argument("--only", help="glob over run names, e.g. 'navigation/caml_*'")
     p.add_argument("--dry-run", action="store_true", help="only print each run's status")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="one Ray task per run, on the cluster at ADDRESS (default: $RAY_ADDRESS, else a local one); "
+        "needs pip install 'caml-rl[ray]'",
+    )
+    p.add_argument("--slurm", action="store_true", help="one SLURM job per run (submitit); needs 'caml-rl[slurm]'")
+    p.add_argument("--cpus", type=float, help="CPUs per run with --ray/--slurm (default: suite resources:, threads)")
+    p.add_argument("--gpus", type=float, help="GPUs per run with --ray/--slurm (default: 1 when its device is cuda)")
+    p.add_argument("--partition", help="SLURM partition (default: the suite's slurm: partition, else SLURM's)")
+    p.add_argument("--time", type=int, metavar="MINUTES", help="SLURM time limit per job (default 60)")
+    p.add_argument("--slurm-folder", help="submitit's job files and logs, on shared storage (default: slurm_jobs)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from .launchers import launcher_for
     from .sweep import sweep
 
-    check_ranges(args, jobs=AT_LEAST_1)
-    sweep(args.suite, args.jobs, args.only, args.dry_run)
+    check_ranges(args, jobs=AT_LEAST_1, cpus=(lambda v: v > 0, "> 0"), gpus=AT_LEAST_0, time=AT_LEAST_1)
+    flags = ("ray", "slurm", "jobs", "cpus", "gpus", "partition", "time", "slurm_folder")
+    launcher = launcher_for(**{flag: getattr(args, flag) for flag in flags}, start=not args.dry_run)
+    sweep(args.suite, args.jobs or 1, args.only, args.dry_run, launcher=launcher)
 
 
 def _add_baseline(sub: argparse._SubParsersAction) -> None:

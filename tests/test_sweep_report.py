@@ -197,3 +197,75 @@ def test_cpu_slots_deal_the_cpus_into_disjoint_sets(monkeypatch):
     assert cpu_slots(2) == [[2, 5], [3, 7]]
     assert cpu_slots(4) == [[2], [3], [5], [7]]
     assert cpu_slots(6) == [[2], [3], [5], [7], [2], [3]]  # more jobs than CPUs: shared round-robin
+
+
+@pytest.mark.parametrize(
+    "flags, modules, fragment",
+    [
+        (["--ray", "--jobs", "2"], {}, "--jobs 2 is for the local sweep; with --ray the cluster decides"),
+        (["--slurm", "--jobs", "1"], {}, "--jobs 1 is for the local sweep; with --slurm"),
+        (["--ray", "--slurm"], {}, "--ray and --slurm exclude each other"),
+        (["--partition", "gpu"], {}, "--partition 'gpu' needs --slurm"),
+        (["--time", "60", "--ray"], {}, "--time 60 needs --slurm"),
+        (["--cpus", "2"], {}, "--cpus 2.0 needs --ray or --slurm"),
+        (["--ray", "--cpus", "0"], {}, "--cpus 0.0 is out of range; allowed: > 0"),
+        (["--slurm", "--time", "0"], {}, "--time 0 is out of range; allowed: >= 1"),
+        (["--ray"], {"ray": None}, "--ray needs the 'ray' package; install it with: pip install 'caml-rl[ray]'"),
+        (
+            ["--slurm"],
+            {"submitit": None},
+            "--slurm needs the 'submitit' package; install it with: pip install 'caml-rl[slurm]'",
+        ),
+    ],
+)
+def test_cluster_flags_are_checked_in_one_line_before_anything_starts(
+    suite, tmp_path, capsys, monkeypatch, flags, modules, fragment
+):
+    import sys
+
+    for name, module in modules.items():  # the extra not installed: its import fails
+        monkeypatch.setitem(sys.modules, name, module)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(suite), *flags])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"caml-rl: error: {fragment}")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "head, fragment",
+    [
+        ("workers: 4\n", "unknown suite key 'workers' in {path}; allowed: out_root, runs, resources, slurm"),
+        ("resources: {memory: 4}\n", "unknown suite resources key 'memory' in {path}; allowed: cpus, gpus"),
+        ("resources: {cpus: 0}\n", "suite {path} resources.cpus must be a number > 0; got 0"),
+        ("resources: [2]\n", "suite {path} resources must be a mapping of cpus, gpus; got [2]"),
+        ("slurm: {partition: 3}\n", "suite {path} slurm.partition must be a name; got 3"),
+        ("slurm: {nodes: 2}\n", "unknown suite slurm key 'nodes' in {path}; allowed: partition, time, cpus, gpus"),
+    ],
+)
+def test_bad_cluster_entries_of_a_suite_name_the_value(suite, head, fragment):
+    suite.write_text(head + suite.read_text())
+    with pytest.raises(ConfigError) as exc:
+        load_suite(suite)
+    assert fragment.format(path=repr(str(suite))) in str(exc.value)
+
+
+def test_suite_resources_reach_every_run_and_progress_lines_extrapolate(tmp_path, suite):
+    import time
+
+    from caml_rl.sweep import progress_line
+
+    suite.write_text("resources: {cpus: 2, gpus: 0.5}\nslurm: {partition: cpu, time: 90}\n" + suite.read_text())
+    root, runs = load_suite(suite)
+    assert all(r.resources == {"cpus": 2, "gpus": 0.5} and r.slurm == {"partition": "cpu", "time": 90} for r in runs)
+    run_dir = root / "nav/maml"
+    assert progress_line("nav/maml", run_dir, 10, 0, time.monotonic()).endswith(
+        "nav/maml  iteration 0/10  ETA unknown (no new checkpoint yet)"
+    )
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints/iter_000004.pt").write_bytes(b"")  # names are all it reads
+    # 2 iterations (2 -> 4) in ~120 s: 6 left take ~6 min
+    assert (
+        progress_line("nav/maml", run_dir, 10, 2, time.monotonic() - 120)
+        == " running  nav/maml  iteration 4/10  ETA 6 min"
+    )
