@@ -269,3 +269,13 @@ def test_suite_resources_reach_every_run_and_progress_lines_extrapolate(tmp_path
         progress_line("nav/maml", run_dir, 10, 2, time.monotonic() - 120)
         == " running  nav/maml  iteration 4/10  ETA 6 min"
     )
+
+
+def test_a_dry_run_with_a_cluster_flag_needs_neither_the_extra_nor_the_cluster(suite, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    for flag in ("--ray", "--slurm"):
+        main(["sweep", str(suite), flag, "--dry-run", "--only", "nav/caml*"])
+        assert capsys.readouterr().out == "     new  nav/caml_seed0\n     new  nav/caml_seed1\n"
