@@ -227,3 +227,28 @@ def test_slurm_jobs_requeue_on_time_out_and_resume(tmp_path, capsys):
     }
     out = capsys.readouterr().out
     assert "starting nav/bad" in out and "starting nav/ok" not in out and "starting nav/long" not in out
+
+
+@pytest.mark.slurm
+def test_slurm_ctrl_c_cancels_the_jobs_and_keeps_the_checkpoints(tmp_path):
+    pytest.importorskip("submitit")
+    import _thread
+
+    from caml_rl.launchers import SlurmLauncher
+
+    suite = write_suite(tmp_path, ["long"])
+    root, _ = load_suite(suite)
+    seen = {}
+
+    def interrupt_when_training():  # Ctrl-C reaches the sweep (main thread) once the run has a checkpoint
+        wait_for(lambda: newest_checkpoint(root / "nav/long") >= 1)
+        seen["pid"] = training_pid(root / "nav/long")
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(suite, launcher=SlurmLauncher(tmp_path / "jobs", cluster="local", time=5))
+    # the job is cancelled and its training stops with it (it dies with its job process)
+    wait_for(lambda: gone(seen["pid"]), 60)
+    status, at = run_status(root / "nav/long", 80)
+    assert status == "partial" and at >= 1  # the newest checkpoint loads: the next sweep resumes it
