@@ -43,7 +43,7 @@ def test_train_evaluate_resume(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", *SMALL, "--iterations", "2", "--out", str(out)])
     text = capsys.readouterr().out
-    assert "iter    2/2" in text and "inner steps" in text
+    assert "iter    2/2" in text and "mean return" in text and "episodes seen" in text  # the evaluation table
     assert (out / "checkpoints" / "iter_000002.pt").is_file()
     assert (out / "progress.csv").is_file() and (out / "config.yaml").is_file()
     main(["train", "--resume", str(out), "--iterations", "3", "--no-eval"])
