@@ -16,7 +16,7 @@ import torch
 from caml_rl.envs import ShardedGenerator, make
 from early_end import EarlyEnd, NoisyPoint
 
-from caml_rl.checkpoint import latest_checkpoint, load_checkpoint
+from caml_rl.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from caml_rl.config import PolicyConfig
 from caml_rl.distributed import Workers
 from caml_rl.partition import initial_fast_weights
@@ -86,9 +86,13 @@ def progress(run: Path) -> list[dict[str, str]]:
 # lr 0.03: large enough that some ratios leave the clip range, so ppo/clip_fraction is not 0
 PPO = ["--set", "optimizer=ppo", "--set", "ppo.epochs=2", "--set", "ppo.minibatches=2"]
 PPO += ["--set", "ppo.kl_target=0.01", "--set", "ppo.lr=0.03"]
-# float rounding only: one process sums 4 tasks at once, gloo adds two 2-task sums; measured over the
-# 3 iterations at most 1.5e-7 in the weights (it was 1.6e-2 while the workers' streams fell out of step)
+# float rounding only: one process sums 4 tasks at once, gloo adds two 2-task sums. After the first
+# iteration the weights agree to 1.3e-5 (7.3e-6 with AVX2 kernels; it was 1.6e-2 while the workers' streams
+# fell out of step). Later, conjugate gradient and goal-reached terminations can amplify rounding (TRPO:
+# 3.1e-3 after 3 iterations with AVX2 kernels), so later iterations are held to their logged returns, which
+# an action stream out of step moves by whole episodes (percents), and rounding by 1.6e-4 at most.
 ROUNDING = dict(rtol=1e-4, atol=1e-4)
+LOGGED = dict(rtol=1e-3, atol=1e-3)
 
 
 # TRPO's exact metric on half of the tasks: the subsample is drawn over the whole batch on every worker
@@ -98,7 +102,7 @@ FULL_SUBSAMPLE = ["--set", "trpo.fisher=full", "--set", "trpo.fvp_subsample=0.5"
 @pytest.mark.parametrize("outer", [[], PPO, FULL_SUBSAMPLE], ids=["trpo", "ppo", "trpo_full_subsample"])
 def test_two_workers_take_the_same_steps_as_one_when_one_shard_ends_at_once(tmp_path, outer):
     one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
-    args = [*SMALL, *EARLY_END, *outer]
+    args = [*SMALL, *EARLY_END, *outer, "--set", "checkpoint_every=1"]
     run([sys.executable, "-m", "caml_rl", "train", *args, "--iterations", "3", "--out", str(one)])
     run(torchrun("train", *args, "--iterations", "3", "--out", str(two)))
     proc = run(torchrun("train", *args, "--iterations", "2", "--out", str(part)))
@@ -111,16 +115,18 @@ def test_two_workers_take_the_same_steps_as_one_when_one_shard_ends_at_once(tmp_
         assert torch.equal(a, weights(part)[name]), name
     assert progress(two) == progress(part)
 
-    # and one process takes the same steps, up to float rounding
-    for name, a in weights(one).items():
-        torch.testing.assert_close(a, weights(two)[name], **ROUNDING)
-    keys = ["return/before_adaptation", "return/after_adaptation"]
-    keys += ["ppo/kl", "ppo/kl_pre", "ppo/clip_fraction"] if outer == PPO else ["trpo/kl"]
-    for key in keys:
+    # and one process takes the same steps, up to float rounding (see ROUNDING)
+    first = [load_checkpoint(checkpoint_path(d, 1))["policy"] for d in (one, two)]
+    for name, a in first[0].items():
+        torch.testing.assert_close(a, first[1][name], **ROUNDING)
+    for key in ["return/before_adaptation", "return/after_adaptation"]:
         a, b = ([float(r[key]) for r in progress(d)] for d in (one, two))
+        np.testing.assert_allclose(a, b, **LOGGED, err_msg=key)
+    for key in ["ppo/kl", "ppo/kl_pre", "ppo/clip_fraction"] if outer == PPO else ["trpo/kl"]:
+        a, b = (float(progress(d)[0][key]) for d in (one, two))
         # a clipped fraction could move by one step if a ratio lay within rounding of the clip boundary;
         # it did not here (the fractions are equal), and a step is >= 1/48 of a minibatch's valid steps
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(a, b, **ROUNDING, err_msg=key)
     if outer == PPO:
         assert any(float(r["ppo/clip_fraction"]) > 0 for r in progress(one))
 

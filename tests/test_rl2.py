@@ -183,13 +183,15 @@ def test_rl2_run_directory_evaluate_and_report_work_like_every_other_run(tmp_pat
 
 def test_rl2_learns_navigation_in_a_few_iterations(tmp_path):
     """Smoke test: within 12 iterations (10 tasks x 10 trials of 2 episodes) the trial's return climbs.
-    Seen: -177 -> -56 (seed 0) and -114 -> -54 (seed 1); the margin of 20 is a fraction of either gain."""
+    The gain (last 3 iterations over the first 3) measured 61 +- 19, min 36, over 12 seeds, the same at 1
+    and 2 threads and with AVX2 kernels; 10 is 2.7 standard deviations below the mean, and a policy that
+    does not learn gains about 0."""
     config = small_rl2("iterations=12", "meta_batch_size=10", "episodes_per_task=10", "rl2.lr=3e-3")
     config.env.settings["horizon"] = 100
     Trainer(config, tmp_path / "run").train(evaluate_at_end=False, quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "progress.csv")))
     after = [float(r["return/after_adaptation"]) for r in rows]
-    assert np.mean(after[-3:]) > np.mean(after[:3]) + 20, after
+    assert np.mean(after[-3:]) > np.mean(after[:3]) + 10, after
 
 
 def test_running_moments_merge_batches_like_one_pass():
