@@ -48,6 +48,8 @@ def committed(run: str) -> dict:
         "navigation_outer/promp_seed0",
         "halfcheetah_dir_sweep/caml_lr30_full_seed0",
         "halfcheetah_dir_sweep/maml_lr1_seed0",
+        "navigation/rl2_seed0",
+        "ant_dir_sweep/caml_lr30_seed0",
     ],
 )
 def test_evaluate_reproduces_the_committed_table_row(run):
