@@ -114,7 +114,7 @@ class Algorithm(ABC):
     @abstractmethod
     def adaptation_curve(
         cls, run: Any, tasks: np.ndarray, steps: int, episodes: int, inner_lr: float, streams: Streams
-    ):
+    ) -> Curve:
         """The :class:`Curve` of a loaded run (``caml_rl.runs.LoadedRun``) on ``tasks``: its
         return before adapting and after each of ``steps`` adaptation steps."""
 

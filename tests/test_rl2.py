@@ -203,3 +203,11 @@ def test_running_moments_merge_batches_like_one_pass():
     assert abs(moments.mean - float(x.mean())) < 1e-12 and abs(moments.var - float(x.var(unbiased=False))) < 1e-10
     # float64 merges of 3 batches: rounding at 1e-15 relative; the bounds leave three orders of margin
     assert torch.allclose(moments.denormalize(moments.normalize(x)), x, atol=1e-12)
+
+
+def test_an_unknown_algorithm_is_one_line_naming_the_allowed_ones(tmp_path):
+    from caml_rl import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algorithm='pearl' is not allowed; allowed: meta_gradient, rl2"):
+        Trainer(small_rl2("algorithm=pearl"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
