@@ -49,6 +49,7 @@ def committed(run: str) -> dict:
         "halfcheetah_dir_sweep/caml_lr30_full_seed0",
         "halfcheetah_dir_sweep/maml_lr1_seed0",
         "navigation/rl2_seed0",
+        "navigation/rl2_seed1",
         "ant_dir_sweep/caml_lr30_seed0",
     ],
 )
