@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -282,7 +283,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 
 
-class Launcher:
+class Launcher(ABC):
     """Where a sweep's runs train. :func:`sweep` decides what is pending and how each run starts or
     resumes, prints its progress and reports it; a launcher only starts runs, says which finished,
     and cancels the rest on Ctrl-C."""
@@ -296,13 +297,14 @@ class Launcher:
         """Appended to the ``starting`` line: the resources the run asked for."""
         return ""
 
+    @abstractmethod
     def submit(self, run: SuiteRun, run_dir: Path, status: str) -> object:
-        raise NotImplementedError
+        """Start (or resume, per ``status``) one run; a handle for :meth:`wait` and :meth:`cancel`."""
 
+    @abstractmethod
     def wait(self, handles: list, timeout: float) -> list[tuple[object, int | str]]:
         """The runs among ``handles`` that finished within ``timeout`` seconds, each with its exit
         status (0 = finished) or a word for what happened to it."""
-        raise NotImplementedError
 
     def cancel(self, handles: list) -> None:
         """Stop these runs; their checkpoints stay."""
