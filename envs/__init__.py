@@ -28,6 +28,7 @@ from .gym_adapter import GymTaskDistribution
 from .locomotion_registry import register_all
 from .metaworld import register_metaworld
 from .navigation import Navigation2D
+from .sb3_trial import TrialVecEnv
 from .sb3_vec_env import TaskVecEnv
 from .task_in_observation import TaskInObservation
 from .validation import validate
@@ -59,6 +60,7 @@ __all__ = [
     "TaskDistributionError",
     "TaskInObservation",
     "TaskVecEnv",
+    "TrialVecEnv",
     "import_user_modules",
     "make",
     "register",
