@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
@@ -89,6 +90,18 @@ class Algorithm(ABC):
     def open(self) -> None:
         """Build the samplers' envs (before the first iteration)."""
 
+    def save_extra(self, run_dir: Path, iteration: int) -> None:
+        """Write state too large for a checkpoint (PEARL's replay buffers) under ``run_dir``, atomically;
+        called just before the checkpoint of ``iteration`` is written, so a checkpoint on disk always has
+        its extra state beside it. Default: nothing."""
+
+    def prune_extra(self, run_dir: Path, iteration: int) -> None:
+        """Called once the checkpoint of ``iteration`` is written: delete extra state of other iterations."""
+
+    def load_extra(self, run_dir: Path, iteration: int) -> None:
+        """On resume, restore what :meth:`save_extra` wrote for ``iteration``; raise
+        :class:`~caml_rl.checkpoint.CheckpointError` (one line) when it is missing or damaged."""
+
     @staticmethod
     @abstractmethod
     def progress(metrics: dict[str, Any]) -> str:
@@ -136,4 +149,4 @@ def algorithm_class(name: str) -> type[Algorithm]:
 
 
 def _load_builtin() -> None:
-    from . import meta_gradient, rl2  # noqa: F401  (each registers itself)
+    from . import meta_gradient, pearl, rl2  # noqa: F401  (each registers itself)

@@ -183,6 +183,86 @@ class RL2Config:
 
 
 @dataclass
+class PEARLConfig:
+    """PEARL (algorithm: pearl). Defaults are oyster's ``configs/default.py`` and its launcher (the
+    cheetah-vel settings are in experiments/configs/halfcheetah_vel_pearl.yaml); differences are noted."""
+
+    latent_size: int = 5
+    """Size of the latent context z the encoder infers (oyster: 5)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [300, 300, 300])
+    """Hidden layers of the policy, both Q networks and the V network (oyster: net_size 300, three layers)."""
+    encoder_hidden_sizes: list[int] = field(default_factory=lambda: [200, 200, 200])
+    """Hidden layers of the context encoder, which maps one transition to a Gaussian factor (oyster: 200 x 3)."""
+    n_train_tasks: int = 100
+    """Fixed training tasks, drawn once from the run's task stream (oyster cheetah-vel: 100; its default.py: 2).
+    Evaluation uses the same new tasks as every other method, never these."""
+    num_initial_steps: int = 2000
+    """Transitions collected per training task under the prior before the first gradient step (whole episodes)."""
+    num_tasks_sample: int = 5
+    """Training tasks drawn (with replacement, as oyster) for data collection each iteration."""
+    num_steps_prior: int = 400
+    """Transitions per sampled task collected with z ~ prior; they replace the task's encoder buffer."""
+    num_steps_posterior: int = 0
+    """Transitions per sampled task collected with z ~ posterior that also go to the encoder buffer (oyster: 0)."""
+    num_extra_rl_steps_posterior: int = 400
+    """Transitions per sampled task with z ~ posterior used only by the RL losses (oyster: 400; cheetah-vel 600)."""
+    num_train_steps_per_itr: int = 2000
+    """Gradient steps per iteration."""
+    meta_batch: int = 16
+    """Training tasks per gradient step, drawn with replacement (oyster: 16). The top-level meta_batch_size and
+    episodes_per_task are not used by pearl."""
+    batch_size: int = 256
+    """Transitions per task in a gradient step's RL batch (from the task's replay buffer)."""
+    embedding_batch_size: int = 64
+    """Context transitions per task in a gradient step (from the task's encoder buffer; oyster cheetah-vel: 100)."""
+    buffer_size: int = 50000
+    """Capacity of each training task's replay buffer, in transitions (first in, first out). Preallocated, so
+    smaller than oyster's 1e6 (never reached at cheetah-vel's settings: about 27k transitions per task)."""
+    discount: float = 0.99
+    """SAC discount factor."""
+    soft_target_tau: float = 0.005
+    """Polyak step of the target V network after each V update (oyster: 0.005)."""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy."""
+    qf_lr: float = 3e-4
+    """Adam learning rate of both Q networks."""
+    vf_lr: float = 3e-4
+    """Adam learning rate of the V network."""
+    context_lr: float = 3e-4
+    """Adam learning rate of the context encoder (trained by the Q loss and the KL term)."""
+    reward_scale: float = 5.0
+    """Rewards are multiplied by this in the Bellman target: the inverse of SAC's entropy weight (oyster: 5)."""
+    kl_lambda: float = 0.1
+    """Weight of KL(q(z|c) || N(0, I)), summed over the meta-batch's tasks as oyster does (oyster: 0.1)."""
+    policy_mean_reg: float = 1e-3
+    """Weight of the mean squared pre-tanh action mean in the policy loss (rlkit's policy_mean_reg_weight)."""
+    policy_std_reg: float = 1e-3
+    """Weight of the mean squared action log-std in the policy loss (rlkit's policy_std_reg_weight)."""
+    exploration_episodes: int = 1
+    """At test time, episodes run with z drawn from the prior before posterior sampling starts (oyster's
+    num_exp_traj_eval: 1; 2 for the cheetah tasks)."""
+
+    def validate(self) -> None:
+        for key in (
+            "latent_size", "n_train_tasks", "num_initial_steps", "num_tasks_sample", "num_steps_prior",
+            "num_train_steps_per_itr",
+            "meta_batch", "batch_size", "embedding_batch_size", "buffer_size", "exploration_episodes",
+        ):  # fmt: skip
+            _check(f"pearl.{key}", getattr(self, key), getattr(self, key) >= 1, ">= 1")
+        for key in ("num_steps_posterior", "num_extra_rl_steps_posterior"):
+            _check(f"pearl.{key}", getattr(self, key), getattr(self, key) >= 0, ">= 0")
+        for key in ("hidden_sizes", "encoder_hidden_sizes"):
+            sizes = getattr(self, key)
+            _check(f"pearl.{key}", sizes, len(sizes) >= 1 and all(h >= 1 for h in sizes), "a list of positive ints")
+        _check("pearl.discount", self.discount, 0 < self.discount <= 1, "in (0, 1]")
+        _check("pearl.soft_target_tau", self.soft_target_tau, 0 < self.soft_target_tau <= 1, "in (0, 1]")
+        for key in ("policy_lr", "qf_lr", "vf_lr", "context_lr", "reward_scale"):
+            _check(f"pearl.{key}", getattr(self, key), getattr(self, key) > 0, "> 0")
+        for key in ("kl_lambda", "policy_mean_reg", "policy_std_reg"):
+            _check(f"pearl.{key}", getattr(self, key), getattr(self, key) >= 0, ">= 0")
+
+
+@dataclass
 class EvalConfig:
     tasks: int = 40
     """Fresh test tasks (never the training tasks) evaluated at the end of training."""
@@ -204,7 +284,8 @@ class EvalConfig:
 @dataclass
 class Config:
     algorithm: str = "meta_gradient"
-    """The method: meta_gradient (CAML/MAML/ProMP: adaptation, optimizer, trpo, ppo) or rl2 (section rl2)."""
+    """The method: meta_gradient (CAML/MAML/ProMP: adaptation, optimizer, trpo, ppo), rl2 (section rl2) or
+    pearl (section pearl)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """The task distribution."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -219,6 +300,8 @@ class Config:
     """The PPO/ProMP outer loop (optimizer: ppo)."""
     rl2: RL2Config = field(default_factory=RL2Config)
     """RL²: a recurrent policy trained with PPO over trials (algorithm: rl2)."""
+    pearl: PEARLConfig = field(default_factory=PEARLConfig)
+    """PEARL: a context encoder and SAC trained off-policy from per-task replay buffers (algorithm: pearl)."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation run after training."""
     meta_batch_size: int = 20
@@ -240,7 +323,7 @@ class Config:
     """torch intra-op threads (0 = leave torch's default)."""
 
     def validate(self) -> None:
-        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.rl2, self.evaluation):
+        for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.rl2, self.pearl, self.evaluation):
             sub.validate()
         _check("optimizer", self.optimizer, self.optimizer in ("trpo", "ppo"), "trpo, ppo")
         _check("meta_batch_size", self.meta_batch_size, self.meta_batch_size >= 1, ">= 1")

@@ -151,13 +151,16 @@ class Trainer:
                 f"checkpoint {str(saved.path)!r} has no usable optimiser state ({first_line(exc, 80)}), "
                 "so training cannot continue from it exactly"
             ) from None
+        self.algorithm.load_extra(self.run_dir, saved.iteration)
         self.iteration = saved.iteration
         self.resumed_from = self.iteration
         self.env_steps = int(saved.payload.get("env_steps", 0))
         self.wall_time = float(saved.payload.get("wall_time", 0.0))
 
     def save(self) -> Path:
-        return self.files.save(
+        """The checkpoint, after the algorithm's extra state (so a checkpoint never lacks its own)."""
+        self.algorithm.save_extra(self.run_dir, self.iteration)
+        path = self.files.save(
             self.iteration,
             self.config,
             self.policy,
@@ -166,6 +169,8 @@ class Trainer:
             wall_time=self.wall_time,
             optimizer=self.algorithm.state_dict(),
         )
+        self.algorithm.prune_extra(self.run_dir, self.iteration)
+        return path
 
     def write_run_record(self) -> None:
         """config.yaml and run.json (a resume appends its command to run.json's ``resumes``)."""

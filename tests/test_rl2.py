@@ -208,6 +208,6 @@ def test_running_moments_merge_batches_like_one_pass():
 def test_an_unknown_algorithm_is_one_line_naming_the_allowed_ones(tmp_path):
     from caml_rl import ConfigError
 
-    with pytest.raises(ConfigError, match=r"algorithm='pearl' is not allowed; allowed: meta_gradient, rl2"):
-        Trainer(small_rl2("algorithm=pearl"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"algorithm='varibad' is not allowed; allowed: meta_gradient, pearl, rl2"):
+        Trainer(small_rl2("algorithm=varibad"), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything is written
