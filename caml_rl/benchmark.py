@@ -207,6 +207,10 @@ def _measure(config: Config, iterations: int, worlds: list[int] | None) -> dict[
         "sampler_vs_physics": sampler / physics,
         "iteration_vs_physics": (steps / it_s) / physics,
         "update_vs_fwdbwd": upd_s / fwdbwd,
+        # off-policy methods (PEARL) take many gradient steps per iteration: their rate
+        "gradient_steps_per_s": statistics.mean(m["time/gradient_steps_per_s"] for m in per_iter)
+        if "time/gradient_steps_per_s" in per_iter[0]
+        else None,
         # per iteration: each section's seconds, how often it ran, and its seconds in fwd+bwd units
         "update_parts": {
             name: {
