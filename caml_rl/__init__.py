@@ -5,11 +5,11 @@ adapts, by a policy-gradient step, while the shared weights are meta-trained wit
 that step. MAML (adapt every weight) is the same code with ``adaptation.partition: all``.
 """
 
-__version__ = "0.1.0"
-
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .runs import AdaptedPolicy, LoadedRun, load_run  # noqa: E402
-from .trainer import Trainer  # noqa: E402
+from . import meta_gradient, pearl, rl2  # noqa: F401  (the built-in algorithms register themselves)
+from .config import Config, ConfigError, load_config
+from .runs import AdaptedPolicy, LoadedRun, load_run
+from .trainer import Trainer
+from .version import __version__
 
 
 def train(config: Config | None = None, run_dir: str = "runs/caml", quiet: bool = False):
@@ -19,4 +19,14 @@ def train(config: Config | None = None, run_dir: str = "runs/caml", quiet: bool 
     return trainer
 
 
-__all__ = ["AdaptedPolicy", "Config", "ConfigError", "LoadedRun", "Trainer", "load_config", "load_run", "train"]
+__all__ = [
+    "__version__",
+    "AdaptedPolicy",
+    "Config",
+    "ConfigError",
+    "LoadedRun",
+    "Trainer",
+    "load_config",
+    "load_run",
+    "train",
+]

@@ -142,11 +142,8 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    _load_builtin()
+    """The registered class of ``config.algorithm``. The built-in ones register when ``caml_rl``
+    is imported (its ``__init__`` imports them: importing them here would be an import circle)."""
     if name not in ALGORITHMS:
         raise ConfigError(f"config key algorithm={name!r} is not allowed; allowed: {', '.join(sorted(ALGORITHMS))}")
     return ALGORITHMS[name]
-
-
-def _load_builtin() -> None:
-    from . import meta_gradient, pearl, rl2  # noqa: F401  (each registers itself)

@@ -52,7 +52,7 @@ def physics_steps_per_s(
     controls = rng.uniform(-1, 1, size=(horizon, num_envs, act_dim))
     warmup = 0.0
     if hasattr(dist, "model") and hasattr(dist, "frame_skip"):
-        from caml_rl.envs.simulator import make_simulator
+        from caml_rl.envs.backend_factory import make_simulator
 
         model = dist.model
         sim = make_simulator(getattr(dist, "simulator", "batch"), model, num_envs, dist.frame_skip, device)

@@ -37,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError, from_dict
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -236,8 +237,6 @@ def library_versions() -> dict[str, str]:
     import mujoco
     import numpy
     import stable_baselines3
-
-    from . import __version__
 
     versions = {
         "caml_rl": __version__,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from caml_rl import envs
+from caml_rl.envs.actions import clip_bounds
 
 from .algorithm import algorithm_class
 from .checkpoint import CheckpointError
@@ -20,7 +21,7 @@ from .config import Config, ConfigError, make_distribution
 from .evaluation import EvalResult, adaptation_steps, evaluate
 from .memory import check_memory
 from .partition import FastWeights, policy_forward
-from .policies import ContextMLPPolicy, clip_bounds
+from .policies import ContextMLPPolicy
 from .run_directory import RunDirectory
 from .sampler import Sampler
 from .seeding import EVAL_STREAM, make_streams

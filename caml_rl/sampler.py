@@ -15,13 +15,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from caml_rl.envs.actions import action_clipper
 from caml_rl.envs.base import BatchedEnv, ShardedGenerator, TaskDistribution, TaskDistributionError
 from caml_rl.envs.validation import StepChecker
 
 from .config import ConfigError
 from .episodes import Episodes
 from .partition import FastWeights, policy_forward
-from .policies import ContextMLPPolicy, action_clipper
+from .policies import ContextMLPPolicy
 
 
 class RolloutHook(Protocol):

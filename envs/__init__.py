@@ -1,7 +1,7 @@
 """Task distributions for caml-rl, installed as ``caml_rl.envs``.
 
 Add your own: subclass :class:`TaskDistribution` (or wrap a Gymnasium env with
-:class:`GymTaskDistribution`) and call :func:`register`. See README, "Add your own task distribution".
+:class:`GymTaskDistribution`) and call :func:`register`. See the docs, "Task distributions and plug-ins".
 """
 
 import os
@@ -15,7 +15,6 @@ from .base import (
     BatchedEnv,
     EnvFault,
     ShardedGenerator,
-    SingleTaskEnv,
     TaskDistribution,
     TaskDistributionError,
     import_user_modules,
@@ -30,6 +29,7 @@ from .metaworld import register_metaworld
 from .navigation import Navigation2D
 from .sb3_trial import TrialVecEnv
 from .sb3_vec_env import TaskVecEnv
+from .single_task import SingleTaskEnv
 from .task_in_observation import TaskInObservation
 from .validation import validate
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -54,6 +54,8 @@ class GymTaskDistribution(TaskDistribution):
     around it (the outermost one is used); the adapter calls it on every env before each batch of
     episodes.
     """
+
+    tasks_ignored_hint: ClassVar[str] = "does set_task(task) change the env? caml-rl calls it before each reset"
 
     @abstractmethod
     def make_env(self) -> gym.Env:

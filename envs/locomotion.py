@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from .base import BatchedEnv, TaskDistribution, TaskDistributionError
+from .locomotion_env import make_locomotion_env
+from .mujoco_render import MujocoSingleTaskEnv
 from .simulator import SIMULATORS, Simulator, load_model
 
 Array = Any  # np.ndarray on the host simulators, torch.Tensor on the device one
@@ -135,14 +137,10 @@ class MujocoTaskDistribution(TaskDistribution):
 
     def make_vec_env(self, num_envs: int, device: torch.device, *, backend: str | None = None) -> BatchedEnv:
         """``backend`` overrides the ``simulator`` setting (tests compare backends with it)."""
-        from .locomotion_env import make_locomotion_env
-
         return make_locomotion_env(self, num_envs, device, backend or self.simulator)
 
     def render_env(self, task: np.ndarray) -> gym.Env:
         """One task as a Gymnasium env rendering ``rgb_array`` frames (MuJoCo's OpenGL renderer)."""
-        from .mujoco_render import MujocoSingleTaskEnv
-
         return MujocoSingleTaskEnv(self, task, render_mode="rgb_array")
 
     # hooks: array maths on the simulator's own arrays (numpy on the host, torch on the device) ------

@@ -9,14 +9,17 @@ reset noise, action scaling, the task hooks of ``MujocoTaskDistribution`` and th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .backend_factory import make_simulator
 from .base import BatchedEnv, TaskDistributionError
-from .locomotion import MujocoTaskDistribution
-from .simulator import Simulator, make_simulator
+from .simulator import Simulator
+
+if TYPE_CHECKING:  # the distribution builds this env and hands itself in: its hooks, duck-typed
+    from .locomotion import MujocoTaskDistribution
 
 
 def make_locomotion_env(

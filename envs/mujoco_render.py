@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 
-from .base import SingleTaskEnv, TaskDistributionError
-from .locomotion import MujocoTaskDistribution
+from .base import TaskDistributionError
+from .single_task import SingleTaskEnv
+
+if TYPE_CHECKING:
+    from .locomotion import MujocoTaskDistribution
 
 
 class MujocoSingleTaskEnv(SingleTaskEnv):

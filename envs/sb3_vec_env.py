@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from .actions import action_clipper
 from .base import BatchedEnv, TaskDistribution, TaskDistributionError, make
 from .validation import StepChecker, sample_tasks, validate
 
@@ -74,8 +75,6 @@ class TaskVecEnv(VecEnv):
         """``distribution``: a task distribution or a registered name (default settings).
         ``num_envs``: defaults to ``len(tasks)``; required when ``tasks`` is None.
         ``device``: where the batched env steps (observations come back to the host)."""
-        from caml_rl.policies import action_clipper  # caml_rl imports this package
-
         dist = make(distribution) if isinstance(distribution, str) else distribution
         if not isinstance(dist, TaskDistribution):
             raise TaskDistributionError(f"TaskVecEnv needs a TaskDistribution or a registered name, not {dist!r}")

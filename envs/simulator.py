@@ -1,4 +1,4 @@
-"""The simulator interface the locomotion envs step, and the choice of backend.
+"""The simulator interface the locomotion envs step.
 
 A ``Simulator`` holds ``nsim`` simulations of one MuJoCo model and advances all of them together.
 Three backends implement it, one class each:
@@ -9,6 +9,8 @@ Three backends implement it, one class each:
 
 The C backends keep their state in host float64 numpy arrays; the Warp backend in float32 torch
 tensors on its device (``on_device``), so an env built on it never copies state to the host.
+The choice of backend by name is ``backend_factory.make_simulator``, above this interface and its
+implementations (each backend imports this module; this module imports none of them).
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import torch
-
-from .base import TaskDistributionError
 
 ASSETS_DIR = Path(gym.__file__).resolve().parent / "envs" / "mujoco" / "assets"
 SIMULATORS = ("batch", "rollout", "warp")
@@ -144,34 +144,3 @@ class Simulator(ABC):
 
     def close(self) -> None:
         """Release the simulator's threads and memory."""
-
-
-def make_simulator(
-    backend: str,
-    model: mujoco.MjModel,
-    nsim: int,
-    frame_skip: int,
-    device: torch.device | str = "cpu",
-) -> Simulator:
-    """The ``backend`` simulator; ``batch`` falls back to ``rollout`` (with a warning) on mujoco < 4.0."""
-    from . import mujoco_batch  # looked up at call time, so tests can pretend mujoco.batch is missing
-
-    if backend not in SIMULATORS:
-        raise TaskDistributionError(f"env setting simulator={backend!r} is not known; allowed: {', '.join(SIMULATORS)}")
-    if backend == "batch" and not mujoco_batch._has_batch():
-        warnings.warn(
-            f"mujoco {mujoco.__version__} has no mujoco.batch: stepping with mujoco.rollout "
-            "instead (slower, and not bit-exact with gymnasium); mujoco >= 4.0 is better",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        backend = "rollout"
-    if backend == "batch":
-        return mujoco_batch.BatchSimulator(model, nsim, frame_skip)
-    if backend == "rollout":
-        from .mujoco_rollout import RolloutSimulator
-
-        return RolloutSimulator(model, nsim, frame_skip)
-    from .warp_sim import WarpSimulator
-
-    return WarpSimulator(model, nsim, frame_skip, torch.device(device))

@@ -237,13 +237,7 @@ def validate(dist: TaskDistribution, num_envs: int = 4, steps: int = 10, seed: i
             differ |= not torch.allclose(reward[:half], reward[half:]) or not torch.allclose(obs[:half], obs[half:])
             ends_differ |= not torch.equal(terminated[:half], terminated[half:])
         if not differ and not ends_differ and not np.allclose(tasks[0], tasks[1]):
-            from .gym_adapter import GymTaskDistribution
-
-            hint = (
-                "does set_task(task) change the env? caml-rl calls it before each reset"
-                if isinstance(dist, GymTaskDistribution)
-                else "does the batched env's reset(tasks, rng) apply the tasks?"
-            )
+            hint = dist.tasks_ignored_hint
             _fail(
                 name,
                 f"steps 0-{steps - 1}",

@@ -91,7 +91,7 @@ def test_mujoco_envs_behave_exactly_as_before_clipping():
     alike everywhere) to >= 1.0, which the env's own clip makes 1.0. (A scale whose float32 rounds down,
     such as 0.7, would reach the env as 1 - 6e-8.)
     """
-    from caml_rl.policies import action_clipper
+    from caml_rl.envs.actions import action_clipper
 
     for scale in (1.0, 10.0, 0.3):
         dist = envs.make("halfcheetah_vel", action_scale=scale)
@@ -111,7 +111,7 @@ def test_mujoco_envs_behave_exactly_as_before_clipping():
 
 
 def test_navigation_is_unchanged_by_clipping():
-    from caml_rl.policies import action_clipper
+    from caml_rl.envs.actions import action_clipper
 
     dist = envs.make("navigation2d")
     clip = action_clipper(dist.action_space, torch.device("cpu"))

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 from caml_rl.envs import locomotion, mujoco_batch, mujoco_render
+from caml_rl.envs.backend_factory import make_simulator
 from caml_rl.envs.base import TaskDistributionError, make
 from caml_rl.envs.locomotion_registry import register_all
-from caml_rl.envs.simulator import Simulator, make_simulator
+from caml_rl.envs.simulator import Simulator
 
 from caml_rl import Trainer
 from caml_rl.cli import main
