@@ -1,6 +1,6 @@
 """Training logs: SB3's logger (CSV + TensorBoard) plus one readable line per iteration.
 
-Column names say what they measure (see README, "Metrics"); a resumed run keeps the rows up to
+Column names say what they measure (see docs/command-line.md, "Metrics"); a resumed run keeps the rows up to
 its checkpoint and continues the same CSV, with any column logged under an older name renamed.
 """
 

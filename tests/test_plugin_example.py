@@ -1,4 +1,5 @@
-"""Runs the README's "Add your own task distribution" example exactly as printed."""
+"""Runs the docs' "Add your own task distribution" example exactly as printed (docs/task-distributions.md),
+and the other examples of docs/task-distributions.md, docs/getting-started.md and docs/visualisation.md."""
 
 import dataclasses
 import re
@@ -12,14 +13,20 @@ from toy_envs import LineGoals
 
 from caml_rl import Trainer, load_config, load_run
 
-README = Path(__file__).parents[1] / "README.md"
+DOCS = Path(__file__).parents[1] / "docs"
+PLUGIN_PAGE = DOCS / "task-distributions.md"
+
+
+def docs_example(page: Path, marker: str) -> str:
+    """The python block after ``<!-- docs-test: tests/test_plugin_example.py (<marker>...) -->``."""
+    pattern = r"<!-- docs-test: tests/test_plugin_example\.py \(" + re.escape(marker) + r".*?-->\n```python\n(.*?)```"
+    match = re.search(pattern, page.read_text(), re.S)
+    assert match, f"{page.name} lost its {marker} block"
+    return match.group(1)
 
 
 def readme_example() -> str:
-    text = README.read_text()
-    match = re.search(r"<!-- plug-in example.*?-->\n```python\n(.*?)```", text, re.S)
-    assert match, "README lost its plug-in example"
-    return match.group(1)
+    return docs_example(PLUGIN_PAGE, "the plug-in example")
 
 
 def test_example_is_short_and_trains(tmp_path):
@@ -27,7 +34,7 @@ def test_example_is_short_and_trains(tmp_path):
     assert len(code.strip().splitlines()) < 60
     namespace: dict = {}
     for _ in range(2):  # as a notebook cell run twice: register(..., overwrite=True)
-        exec(compile(code, "README-example", "exec"), namespace)
+        exec(compile(code, "docs-example", "exec"), namespace)
     cfg = load_config(
         None,
         [
@@ -157,9 +164,9 @@ def test_module_class_names_import_user_code():
     assert torch.is_tensor(dist.make_vec_env(1, torch.device("cpu")).reset(np.zeros((1, 2)), None))
 
 
-def test_readme_python_api_example_runs(tmp_path, monkeypatch):
-    text = README.read_text()
-    code = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    """docs/getting-started.md's Python API block, with fewer iterations and smaller batches."""
+    code = docs_example(DOCS / "getting-started.md", "test_python_api_example_runs")
     small = str(
         ["iterations=2", "meta_batch_size=3", "episodes_per_task=2", "evaluation.tasks=3", "evaluation.episodes=2"]
     )
@@ -167,19 +174,18 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     code = code.replace('["iterations=100"]', small)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments" / "configs").mkdir(parents=True)
-    source = README.parent / "experiments" / "configs" / "navigation_caml.yaml"
+    source = DOCS.parent / "experiments" / "configs" / "navigation_caml.yaml"
     (tmp_path / "experiments" / "configs" / "navigation_caml.yaml").write_text(source.read_text())
     namespace: dict = {}
-    exec(compile(code, "README-api", "exec"), namespace)
+    exec(compile(code, "docs-api", "exec"), namespace)
     assert namespace["action"].shape == (2,)
     assert tuple(namespace["adapted"].context.shape) == (1, 5)
 
 
 @pytest.mark.filterwarnings("ignore:Evaluation environment is not wrapped")
-def test_readme_single_task_example_runs(tmp_path, monkeypatch):
-    """The README's SingleTaskEnv block: evaluate_policy on a plug-in env, the horizon applied."""
-    text = README.read_text()
-    code = re.search(r"<!-- single-task example.*?-->\n```python\n(.*?)```", text, re.S).group(1)
+def test_single_task_example_runs(tmp_path, monkeypatch):
+    """docs/task-distributions.md's SingleTaskEnv block: evaluate_policy on a plug-in env, the horizon applied."""
+    code = docs_example(PLUGIN_PAGE, "the single-task example")
     small = str(
         ["env.name=point_goals", "iterations=1", "meta_batch_size=2", "episodes_per_task=2"]
         + ["policy.hidden_sizes=[8]", "device=cpu", "evaluation.tasks=2", "evaluation.episodes=2"]
@@ -191,9 +197,9 @@ def test_readme_single_task_example_runs(tmp_path, monkeypatch):
     code = code.replace(".train()", ".train(quiet=True)").replace("n_eval_episodes=20", "n_eval_episodes=3")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(readme_example(), "README-example", "exec"), namespace)
+    exec(compile(readme_example(), "docs-example", "exec"), namespace)
     namespace["envs"] = envs
-    exec(compile(code, "README-single-task", "exec"), namespace)
+    exec(compile(code, "docs-single-task", "exec"), namespace)
     assert np.isfinite(namespace["mean"])
     env = namespace["env"]
     env.reset(seed=0)
@@ -201,11 +207,11 @@ def test_readme_single_task_example_runs(tmp_path, monkeypatch):
     assert truncated == [False] * 29 + [True]  # horizon=30: no TimeLimit needed
 
 
-def test_readme_visualize_task_example_parses():
-    """`--task` is one KEY=VALUE per flag, as the README shows."""
+def test_visualize_task_example_parses():
+    """`--task` is one KEY=VALUE per flag, as docs/visualisation.md shows."""
     from caml_rl.cli import build_parser, parse_task
 
-    text = README.read_text()
+    text = (DOCS / "visualisation.md").read_text()
     line = re.search(r"`(caml-rl visualize \S+ --task direction=-1[^`]*)`", text).group(1)
     args = build_parser().parse_args(line.split()[1:])
     assert parse_task(args.task, ("direction",), "halfcheetah_dir") == [-1.0]
