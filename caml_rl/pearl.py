@@ -44,7 +44,7 @@ from .checkpoint import checkpoint_path
 from .config import Config, ConfigError
 from .episodes import Episodes
 from .memory import machine_memory
-from .pearl_buffers import TaskBuffers, load_buffers, save_buffers
+from .pearl_buffers import FinalObservation, TaskBuffers, load_buffers, save_buffers, transitions
 from .pearl_nets import (
     LatentActor,
     PEARLAgent,
@@ -58,46 +58,6 @@ from .pearl_nets import (
 )
 from .sampler import Sampler
 from .seeding import Streams
-
-
-class FinalObservation:
-    """A sampler hook keeping the observation after the horizon's last step (the next state of the
-    last transition, which the episode buffers do not hold)."""
-
-    def __init__(self, horizon: int):
-        self.horizon, self.steps, self.obs = horizon, 0, None
-
-    def on_reset(self, env: Any, obs: torch.Tensor) -> None:
-        self.steps, self.obs = 0, None
-
-    def on_step(self, env: Any, obs: torch.Tensor) -> None:
-        self.steps += 1
-        if self.steps == self.horizon:
-            self.obs = obs
-
-
-def transitions(agent: PEARLAgent, ep: Episodes, final_obs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    """Episodes ``[T, tasks, episodes, ...]`` as per-task transition rows ``[tasks, episodes x T, ...]``
-    (episode by episode) and which of them happened. A transition is terminal when its episode
-    ended at it before the horizon."""
-    mask = ep.mask
-    horizon, n_t, n_e = mask.shape
-    last = final_obs.to(ep.obs.device).view(1, n_t, n_e, -1) if final_obs is not None else ep.obs[-1:] * 0
-    next_obs = torch.cat([ep.obs[1:], last])
-    ended = mask * (1.0 - torch.cat([mask[1:], torch.zeros_like(mask[:1])]))
-    ended[-1] = 0.0  # the horizon truncates; it does not terminate
-
-    def rows(x: torch.Tensor) -> torch.Tensor:  # [T, t, e, ...] -> [t, e * T, ...]
-        return x.movedim(0, 2).reshape(n_t, n_e * horizon, *x.shape[3:])
-
-    batch = {
-        "obs": rows(ep.obs),
-        "actions": rows(agent.from_env(ep.actions)),
-        "rewards": rows(ep.rewards),
-        "next_obs": rows(next_obs),
-        "terminals": rows(ended),
-    }
-    return batch, rows(mask) > 0
 
 
 @register_algorithm
@@ -158,7 +118,7 @@ class PEARL(Algorithm):
         self.policy_adam = torch.optim.Adam(policy.actor.parameters(), lr=cfg.policy_lr)
         self.train_steps = 0
         self.samplers: dict[tuple[int, int], tuple[Sampler, FinalObservation]] = {}
-        self.sampler: Sampler | None = None  # the posterior phase's (caml-rl benchmark reads its env)
+        self.sampler: Sampler | None = None  # the last collection phase's (caml-rl benchmark reads its env)
 
     @staticmethod
     def make_policy(config: Config, observation_space: gym.spaces.Space, action_space: gym.spaces.Space):
@@ -191,8 +151,9 @@ class PEARL(Algorithm):
     def open(self) -> None:
         cfg = self.cfg
         self.sampler_for(cfg.n_train_tasks, self.initial_episodes)
-        self.sampler_for(cfg.num_tasks_sample, self.prior_episodes)
-        self.sampler = self.sampler_for(cfg.num_tasks_sample, self.posterior_episodes)[0]
+        self.sampler = self.sampler_for(cfg.num_tasks_sample, self.prior_episodes)[0]
+        if self.posterior_episodes:
+            self.sampler = self.sampler_for(cfg.num_tasks_sample, self.posterior_episodes)[0]
 
     def close(self) -> None:
         for sampler, _ in self.samplers.values():

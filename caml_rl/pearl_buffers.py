@@ -5,17 +5,61 @@ for many tasks at once, sampling a meta-batch, clearing some tasks and saving ar
 tensor operations: no Python loop over tasks. A batch may name one task several times (oyster
 draws the tasks it collects for with replacement); their transitions then follow one another.
 Only the transitions that happened are stored (an episode that ended early leaves no padding).
+:func:`transitions` turns the sampler's episodes into such rows.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, first_line
+from .episodes import Episodes
+from .pearl_nets import PEARLAgent
 
 FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals")
+
+
+class FinalObservation:
+    """A sampler hook keeping the observation after the horizon's last step (the next state of the
+    last transition, which the episode buffers do not hold)."""
+
+    def __init__(self, horizon: int):
+        self.horizon, self.steps, self.obs = horizon, 0, None
+
+    def on_reset(self, env: Any, obs: torch.Tensor) -> None:
+        self.steps, self.obs = 0, None
+
+    def on_step(self, env: Any, obs: torch.Tensor) -> None:
+        self.steps += 1
+        if self.steps == self.horizon:
+            self.obs = obs
+
+
+def transitions(agent: PEARLAgent, ep: Episodes, final_obs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+    """Episodes ``[T, tasks, episodes, ...]`` as per-task transition rows ``[tasks, episodes x T, ...]``
+    (episode by episode) and which of them happened. A transition is terminal when its episode
+    ended at it before the horizon."""
+    mask = ep.mask
+    horizon, n_t, n_e = mask.shape
+    last = final_obs.to(ep.obs.device).view(1, n_t, n_e, -1) if final_obs is not None else ep.obs[-1:] * 0
+    next_obs = torch.cat([ep.obs[1:], last])
+    ended = mask * (1.0 - torch.cat([mask[1:], torch.zeros_like(mask[:1])]))
+    ended[-1] = 0.0  # the horizon truncates; it does not terminate
+
+    def rows(x: torch.Tensor) -> torch.Tensor:  # [T, t, e, ...] -> [t, e * T, ...]
+        return x.movedim(0, 2).reshape(n_t, n_e * horizon, *x.shape[3:])
+
+    batch = {
+        "obs": rows(ep.obs),
+        "actions": rows(agent.from_env(ep.actions)),
+        "rewards": rows(ep.rewards),
+        "next_obs": rows(next_obs),
+        "terminals": rows(ended),
+    }
+    return batch, rows(mask) > 0
 
 
 class TaskBuffers:
