@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from .distributed import Workers
 
 
+class DivergenceError(RuntimeError):
+    """Training became non-finite (a loss or the policy's weights): the checkpoints written before
+    are intact; the message says where it happened and what to lower."""
+
+
 @dataclass
 class Setup:
     """What the trainer hands an algorithm: its config and env, and this worker's share of the batch."""

@@ -167,6 +167,10 @@ class RL2Config:
     """Weight of the entropy bonus."""
     max_grad_norm: float = 0.5
     """Clip the gradient's global norm before each Adam step."""
+    target_kl: float | None = None
+    """Stop an iteration's PPO epochs after the minibatch whose approximate KL to the sampling policy
+    exceeds 1.5 x target_kl (Stable-Baselines3's rule); None: always all epochs. It bounds each
+    iteration's step once the policy's std has shrunk and a fixed lr moves it too far."""
 
     def validate(self) -> None:
         _check("rl2.hidden_size", self.hidden_size, self.hidden_size >= 1, ">= 1")
@@ -180,6 +184,7 @@ class RL2Config:
         _check("rl2.value_coef", self.value_coef, self.value_coef >= 0, ">= 0")
         _check("rl2.entropy_coef", self.entropy_coef, self.entropy_coef >= 0, ">= 0")
         _check("rl2.max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "> 0")
+        _check("rl2.target_kl", self.target_kl, self.target_kl is None or self.target_kl > 0, "> 0 or null")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """How a failure reaches the user of the ``caml-rl`` command, decided by its type.
 
 * caml-rl's own error classes (:data:`USER_ERRORS`: a bad config, flag or file, a broken task
-  distribution or user env, a failed sweep, a lost distributed worker) and the operating system
+  distribution or user env, a failed sweep, a lost distributed worker, a diverged training run) and the operating system
   refusing a named file: one line on stderr, exit status 2. Their messages say what to change.
 * The reader of our output went away (``caml-rl sweep ... | head``): exit quietly with status 141,
   the shell's code for a broken pipe, as ``cat`` and ``grep`` do.
@@ -18,6 +18,7 @@ import sys
 import traceback
 import warnings
 
+from .algorithm import DivergenceError
 from .checkpoint import CheckpointError, RunDirectoryWarning
 from .config import ConfigError
 from .distributed import DistributedError
@@ -32,6 +33,7 @@ USER_ERRORS = (
     TaskDistributionError,  # also EnvFault: a user's env broke the contract or raised
     SweepError,
     DistributedError,  # also WorkerLostError
+    DivergenceError,  # training became non-finite: the message says what to lower
 )
 REPORT_HINT = (
     "caml-rl: internal error: the traceback above is a bug in caml-rl or a library it uses, not a problem "

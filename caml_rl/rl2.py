@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .algorithm import Algorithm, Curve, Setup, register_algorithm
+from .algorithm import Algorithm, Curve, DivergenceError, Setup, register_algorithm
 from .config import Config, ConfigError
 from .episodes import Episodes
 from .policies import ActionHead
@@ -133,11 +133,14 @@ def ppo_loss(
     entropy_mean = (entropy * mask).sum() / n
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
     clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / n
+    log_ratio = (logp - old_logp).detach()
+    approx_kl = (((log_ratio.exp() - 1) - log_ratio) * mask).sum() / n  # Schulman's k3 estimator, as SB3's
     stats = {
         "policy_loss": float(policy_loss.detach()),
         "value_loss": float(value_loss.detach()),
         "entropy": float(entropy_mean.detach()),
         "clip_fraction": float(clipped),
+        "approx_kl": float(approx_kl),
     }
     return loss, stats
 
@@ -300,6 +303,7 @@ class RL2(Algorithm):
         trials = x.shape[1]
         size = -(-trials // min(cfg.minibatches, trials))
         stats: dict[str, float] = {}
+        updates, within_kl = 0, True
         for _ in range(cfg.epochs):
             order = torch.randperm(trials, generator=streams.actions, device=streams.actions.device).to(x.device)
             for idx in order.split(size):
@@ -317,10 +321,23 @@ class RL2(Algorithm):
                     cfg.value_coef,
                     cfg.entropy_coef,
                 )
+                within_kl = cfg.target_kl is None or stats["approx_kl"] <= 1.5 * cfg.target_kl
+                if not within_kl:  # the policy has already moved far enough: no step from here (SB3's rule)
+                    break
                 self.adam.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    raise DivergenceError(
+                        f"RL² training diverged: PPO loss {float(loss.detach())}, gradient norm {float(norm)} at "
+                        f"update {updates + 1} of the iteration, which was not taken; the run's checkpoints are "
+                        "intact: start a new run with a lower rl2.lr or with rl2.target_kl set (e.g. 0.02)"
+                    )
                 self.adam.step()
+                updates += 1
+            if not within_kl:  # the KL bound was crossed: no more updates this iteration
+                break
+        stats["updates"] = updates
         per_episode = [float(ep.task_returns().mean()) for ep in trial]
         metrics = {
             "return/before_adaptation": per_episode[0],  # the trial's first episode: nothing seen yet

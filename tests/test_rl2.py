@@ -211,3 +211,44 @@ def test_an_unknown_algorithm_is_one_line_naming_the_allowed_ones(tmp_path):
     with pytest.raises(ConfigError, match=r"algorithm='varibad' is not allowed; allowed: meta_gradient, pearl, rl2"):
         Trainer(small_rl2("algorithm=varibad"), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_approx_kl_is_the_k3_estimator_over_the_steps_that_happened():
+    logp, old = torch.tensor([np.log(2.0), 0.0, 9.0]), torch.zeros(3)
+    ones, mask = torch.ones(3), torch.tensor([1.0, 1.0, 0.0])
+    _, stats = ppo_loss(logp, old, ones, ones, ones, ones, mask, 0.2, 0.5, 0.0)
+    # step 1: ratio 2, (2 - 1) - log 2; step 2: ratio 1, 0; the padded step does not count
+    assert stats["approx_kl"] == pytest.approx((1 - np.log(2.0)) / 2, rel=1e-6)
+
+
+def test_target_kl_stops_the_updates_once_the_policy_has_moved(tmp_path):
+    free = Trainer(small_rl2("iterations=1"), tmp_path / "free")
+    free.algorithm.open()
+    assert free.iterate()["rl2/updates"] == 2 * 2  # epochs x minibatches
+    # the first minibatch is still the sampling policy (KL 0): one step; after it the KL is > 1.5e-12
+    bounded = Trainer(small_rl2("iterations=1", "rl2.target_kl=1e-12"), tmp_path / "bounded")
+    bounded.algorithm.open()
+    assert bounded.iterate()["rl2/updates"] == 1
+
+
+def test_a_diverged_update_stops_in_one_line_before_changing_the_weights(tmp_path, monkeypatch):
+    import caml_rl.rl2 as rl2
+    from caml_rl.algorithm import DivergenceError
+    from caml_rl.errors import exit_status
+
+    trainer = Trainer(small_rl2("iterations=1"), tmp_path / "run")
+    trainer.algorithm.open()
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    real = rl2.ppo_loss
+    monkeypatch.setattr(rl2, "ppo_loss", lambda *a: (real(*a)[0] * float("inf"), real(*a)[1]))
+    with pytest.raises(DivergenceError, match=r"diverged: PPO loss inf, .* update 1 .*rl2.target_kl") as caught:
+        trainer.iterate()
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+    assert exit_status(caught.value) == 2  # a one-line error, not an internal-error traceback
+
+
+def test_target_kl_must_be_positive_or_null():
+    from caml_rl import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rl2.target_kl=0.0 is out of range; allowed: > 0 or null"):
+        small_rl2("rl2.target_kl=0").validate()
