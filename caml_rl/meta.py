@@ -7,7 +7,7 @@ between the policy that sampled those episodes and the candidate, re-adapted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +124,94 @@ def readapt(
     )
 
 
+@dataclass
+class Metric:
+    """The trust-region metric as a product ``v -> H v``, and the loss's gradient when the same
+    backward pass computed it (the metric shares the surrogate's graph), else None."""
+
+    product: Callable[[torch.Tensor], torch.Tensor]
+    gradient: torch.Tensor | None = None
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def trust_region_metric(
+    policy: ContextMLPPolicy,
+    names: tuple[str, ...],
+    batch: MetaBatch,
+    adapt_cfg: AdaptationConfig,
+    trpo_cfg: TRPOConfig,
+    generator: torch.Generator,
+    old_out: tuple[torch.Tensor, ...],
+    shard: tuple[int, int] | None = None,
+    out: tuple[torch.Tensor, ...] | None = None,
+    loss: torch.Tensor | None = None,
+) -> Metric:
+    """H, the Hessian in the shared parameters of the mean KL from the adapted policy, as a product.
+
+    The ``full`` metric differentiates the KL through the inner step (pytorch-maml-rl's); ``fixed``
+    holds the adaptation step constant (cheaper; exact for the parameters' direct effect only).
+    ``auto`` picks full when network weights adapt (MAML: the fixed metric slows its learning
+    several-fold, experiments/README.md) and fixed when only the context does. ``old_out``: the
+    adapted policy's outputs on the post-adaptation episodes, detached. ``shard``: this worker's
+    rows of the meta-batch, for the task subsample (see ``_subsample_tasks``).
+
+    The KL is zero with a zero gradient in the policy's outputs where it is measured (new = old, up
+    to the rounding of a re-taken inner step), so its Hessian is ``J^T F J``: J the Jacobian of the
+    outputs in the shared parameters (through the inner step for ``full``), F the KL's Hessian in
+    the outputs. Each product is one Jacobian-vector product (the backward of ``u -> J^T u``, built
+    once) and one backward through the outputs' graph. The double backward of the KL's gradient
+    that this replaces computed the same plus terms multiplied by that zero gradient, at 1.5x (CAML
+    headline) and 2x (MAML headline) the cost. When the metric covers the whole batch under
+    ``full``, it reuses the inner step and forward the surrogate built (``out``, with ``loss`` on
+    it) instead of re-taking the inner step, and the backward that builds ``u -> J^T u`` starts at
+    the loss's gradient in the outputs, so its value is the meta-gradient.
+    """
+    params = list(policy.parameters())
+    fisher, fraction = trpo_cfg.metric(adapts_weights=any(n != "context" for n in names))
+    weight = 1.0
+    kl_out = None
+    if fisher == "fixed":
+        kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
+        kl_fast = detach_offset(batch.start, batch.fast)
+    else:
+        sub, kl_old, weight = _subsample_tasks(batch, old_out, fraction, generator, shard)
+        if weight == 0:  # none of this worker's tasks is in the subsample: it adds nothing to the average
+            return Metric(lambda v: torch.zeros_like(v))
+        kl_ep = sub.post
+        if sub is batch and out is not None:
+            kl_out = out  # the trainer's inner step, already differentiable: no second one
+        else:
+            kl_fast = readapt(policy, names, sub, adapt_cfg, create_graph=True)
+    if kl_out is None:
+        kl_out = policy_forward(policy, kl_ep.obs, kl_fast)
+    outs = [o for o in kl_out if o.requires_grad]
+    kl = mean_kl(policy, kl_ep, kl_old, kl_out)
+    if weight != 1.0:
+        kl = kl * weight
+    kl_grad = torch.autograd.grad(kl, outs, create_graph=True)  # zero-valued; its graph gives F
+    shared = kl_out is out and loss is not None
+    if shared:
+        with section("meta_gradient"):
+            u = [g.detach().requires_grad_() for g in torch.autograd.grad(loss, outs, retain_graph=True)]
+            jtu = torch.autograd.grad(outs, params, u, create_graph=True)  # J^T u, linear in u
+    else:
+        u = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        jtu = torch.autograd.grad(outs, params, u, create_graph=True)
+    sizes = [p.numel() for p in params]
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        with section("fisher_vector_product"):
+            vs = [x.view_as(p) for x, p in zip(v.split(sizes), params)]
+            jv = torch.autograd.grad(jtu, u, vs, retain_graph=True)
+            fjv = torch.autograd.grad(kl_grad, outs, jv, retain_graph=True)
+            return _flat(torch.autograd.grad(outs, params, fjv, retain_graph=True)).detach()
+
+    return Metric(product, _flat(jtu).detach() if shared else None)
+
+
 def fisher_vector_product(
     policy: ContextMLPPolicy,
     names: tuple[str, ...],
@@ -134,39 +222,8 @@ def fisher_vector_product(
     old_out: tuple[torch.Tensor, ...],
     shard: tuple[int, int] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> H v``, H the Hessian in the shared parameters of the mean KL from the adapted policy.
-
-    The ``full`` metric differentiates the KL through the inner step (pytorch-maml-rl's); ``fixed``
-    holds the adaptation step constant (cheaper; exact for the parameters' direct effect only).
-    ``auto`` picks full when network weights adapt (MAML: the fixed metric slows its learning
-    several-fold, experiments/README.md) and fixed when only the context does. ``old_out``: the
-    adapted policy's outputs on the post-adaptation episodes, detached. The KL's gradient graph is
-    built once and reused by every product. ``shard``: this worker's rows of the meta-batch, for
-    the task subsample (see ``_subsample_tasks``).
-    """
-    params = list(policy.parameters())
-    fisher, fraction = trpo_cfg.metric(adapts_weights=any(n != "context" for n in names))
-    weight = 1.0
-    if fisher == "fixed":
-        kl_ep, kl_old = _subsample_episodes(batch.post, old_out, fraction, generator)
-        kl_fast = detach_offset(batch.start, batch.fast)
-    else:
-        batch, kl_old, weight = _subsample_tasks(batch, old_out, fraction, generator, shard)
-        if weight == 0:  # none of this worker's tasks is in the subsample: it adds nothing to the average
-            return lambda v: torch.zeros_like(v)
-        kl_ep = batch.post
-        kl_fast = readapt(policy, names, batch, adapt_cfg, create_graph=True)
-    kl = mean_kl(policy, kl_ep, kl_old, policy_forward(policy, kl_ep.obs, kl_fast))
-    if weight != 1.0:
-        kl = kl * weight
-    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params, create_graph=True)])
-
-    def fvp(v: torch.Tensor) -> torch.Tensor:
-        with section("fisher_vector_product"):
-            hv = torch.autograd.grad(kl_grad @ v, params, retain_graph=True)
-            return torch.cat([h.reshape(-1) for h in hv]).detach()
-
-    return fvp
+    """``v -> H v`` on its own graph (see ``trust_region_metric``)."""
+    return trust_region_metric(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard).product
 
 
 def meta_update(
@@ -191,7 +248,7 @@ def meta_update(
         old_logp = policy.distribution(old_out).log_prob(post.actions)
         loss = surrogate_loss(policy, batch, out, old_logp)
     with section("metric_build"):
-        fvp = fisher_vector_product(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard)
+        metric = trust_region_metric(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard, out, loss)
 
     def evaluate() -> tuple[float, float]:
         with torch.enable_grad():  # the inner step needs gradients even inside the line search
@@ -204,7 +261,7 @@ def meta_update(
     return trpo_step(
         list(policy.parameters()),
         loss,
-        fvp,
+        metric.product,
         evaluate,
         max_kl=trpo_cfg.max_kl,
         cg_iters=trpo_cfg.cg_iters,
@@ -212,4 +269,5 @@ def meta_update(
         ls_steps=trpo_cfg.ls_steps,
         ls_backtrack=trpo_cfg.ls_backtrack,
         average=average,
+        gradient=metric.gradient,
     )

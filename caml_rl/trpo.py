@@ -31,7 +31,16 @@ def conjugate_gradient(
     matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10, tol: float = 1e-10
 ) -> torch.Tensor:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given ``x -> A x``."""
+    return conjugate_gradient_with_product(matvec, b, iters, tol)[0]
+
+
+def conjugate_gradient_with_product(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10, tol: float = 1e-10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, A x)``: the solution and its product, ``A x = sum alpha_k A p_k`` summed from the
+    products CG takes anyway, which saves TRPO one product for the step's length."""
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
@@ -41,11 +50,12 @@ def conjugate_gradient(
         ap = matvec(p)
         alpha = rr / (p @ ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         rr_new = r @ r
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, ax
 
 
 def _finite(*xs: float | torch.Tensor) -> bool:
@@ -63,6 +73,7 @@ def trpo_step(
     ls_steps: int = 15,
     ls_backtrack: float = 0.8,
     average: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    gradient: torch.Tensor | None = None,
 ) -> TRPOStats:
     """Take one TRPO step on ``params`` in place, or leave them exactly as they were.
 
@@ -70,12 +81,14 @@ def trpo_step(
     from the parameters before the step. A step is accepted only if the loss falls, the KL is
     within ``max_kl`` and both are finite; anything non-finite counts as a rejection.
     ``average`` takes the mean over distributed workers of every loss, KL, gradient and
-    Fisher-vector product, so that all workers reach the same decisions.
+    Fisher-vector product, so that all workers reach the same decisions. ``gradient``: the
+    loss's gradient, flat, if the caller computed it already (with the metric's graph).
     """
     old = parameters_to_vector(params).detach().clone()
-    with section("meta_gradient"):
-        grads = torch.autograd.grad(loss, params)
-    g_and_loss = average(torch.cat([parameters_to_vector(grads).detach(), loss.detach().reshape(1)]))
+    if gradient is None:
+        with section("meta_gradient"):
+            gradient = parameters_to_vector(torch.autograd.grad(loss, params)).detach()
+    g_and_loss = average(torch.cat([gradient, loss.detach().reshape(1)]))
     g, loss_before = g_and_loss[:-1], float(g_and_loss[-1])
 
     def reject(reason: str, evaluations: int = 0) -> TRPOStats:
@@ -89,8 +102,8 @@ def trpo_step(
         return average(fisher_vector_product(v)) + cg_damping * v
 
     with section("conjugate_gradient"):
-        direction = conjugate_gradient(damped, g, cg_iters)
-    shs = 0.5 * (direction @ damped(direction))
+        direction, product = conjugate_gradient_with_product(damped, g, cg_iters)
+    shs = 0.5 * (direction @ product)
     if not _finite(direction, shs) or shs <= 0:
         return reject("non_finite_step")
     full_step = direction * torch.sqrt(max_kl / shs)
