@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import first_line
+from .config import ConfigError
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -170,6 +171,15 @@ def _pin_to_own_cores() -> None:
     mine = set(cores[local_rank::local_world])
     os.sched_setaffinity(0, mine)
     torch.set_num_threads(len(mine))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available; asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key device={name!r} but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
 
 
 def init_workers(device: torch.device) -> tuple[Workers, torch.device]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import ConfigError, PolicyConfig
+from .config import Config, ConfigError, PolicyConfig
 
 
 def memory_estimate(policy: PolicyConfig, obs_dim: int, act_dim: int, horizon: int, tasks: int, episodes: int) -> int:
@@ -52,3 +52,16 @@ def check_memory(
             f"{what} needs about {_gb(need)} (horizon {horizon} x {tasks} tasks x {episodes} episodes, "
             f"hidden sizes {policy.hidden_sizes}) but {device} has {_gb(have)}; lower {lower}"
         )
+
+
+def check_training_memory(
+    config: Config, obs_dim: int, act_dim: int, horizon: int, local_tasks: int, device: Any
+) -> None:
+    """Refuse a meta-training run whose iteration (this worker's ``local_tasks``) or final
+    evaluation cannot fit, before anything is allocated or written."""
+    lower = "env.settings.horizon, meta_batch_size, episodes_per_task or policy.hidden_sizes"
+    batch = (local_tasks, config.episodes_per_task)
+    check_memory(config.policy, obs_dim, act_dim, horizon, batch, device, "one meta-iteration", lower)
+    lower = "evaluation.tasks, evaluation.episodes or env.settings.horizon"
+    batch = (config.evaluation.tasks, config.evaluation.episodes)
+    check_memory(config.policy, obs_dim, act_dim, horizon, batch, device, "the evaluation", lower)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -28,16 +28,24 @@ from .checkpoint import (
     CheckpointError,
     atomic_write_json,
     atomic_write_text,
+    check_out_path,
     checkpoint_path,
+    first_line,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     read_json,
+    read_progress,
     read_yaml_mapping,
     save_checkpoint,
 )
 from .config import Config, ConfigError, from_dict
+from .seeding import StreamDeviceError, Streams
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .algorithm import Algorithm
+    from .evaluation import EvalResult
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,34 @@ class Checkpoint:
         except RuntimeError as exc:
             raise CheckpointError(
                 f"checkpoint {str(self.path)!r} does not fit its config's policy: {str(exc).splitlines()[0]}"
+            ) from None
+
+    def load_streams(self, streams: Streams) -> None:
+        """Every random stream of the run, so that a resumed run draws what the uninterrupted one would."""
+        rng = self.payload["rng"]
+        missing = [k for k in ("tasks", "env", "actions") if k not in rng]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} has no random-stream state for {', '.join(missing)}, so training "
+                "cannot continue from it (a PPO baseline's checkpoint? continue those with `caml-rl baseline --out`)"
+            )
+        try:
+            streams.load_state(rng)
+        except StreamDeviceError as exc:  # resumed on another kind of machine: not damage
+            raise CheckpointError(f"checkpoint {str(self.path)!r}: {exc}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} has damaged random-stream state ({first_line(exc, 80)})"
+            ) from None
+
+    def load_optimizer(self, algorithm: Algorithm) -> None:
+        """The outer loop's state (PPO's Adam, ...): without it training would not continue exactly."""
+        try:
+            algorithm.load_state_dict(self.payload.get("optimizer"))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} has no usable optimiser state ({first_line(exc, 80)}), "
+                "so training cannot continue from it exactly"
             ) from None
 
 
@@ -91,6 +127,28 @@ class RunDirectory:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
         self.check_belongs(path, config)
         return Checkpoint(path, config, payload)
+
+    def check_resumable(self, checkpoint: Path, config: Config) -> None:
+        """Before a resume writes anything: the checkpoint must belong to this run, and progress.csv
+        and run.json must be readable, so that a resume which would fail fails before touching the run."""
+        self.check_belongs(checkpoint, config)
+        if self.progress_file.exists():
+            read_progress(self.progress_file)
+        self.read_record()
+
+    def refusal(self, resuming: bool) -> Exception | None:
+        """Why this folder cannot take a run (None when it can): a new run needs a writable folder
+        without checkpoints."""
+        try:
+            check_out_path(self.path, "run directory", folder=True)
+            if not resuming and self.checkpoints():
+                raise ConfigError(
+                    f"run directory {str(self.path)!r} already has checkpoints; "
+                    f"use --resume {self.path} or another --out"
+                )
+        except (ConfigError, CheckpointError) as exc:
+            return exc
+        return None
 
     def check_belongs(self, checkpoint: Path, config: Config) -> None:
         """A checkpoint's config must agree with this run's config.yaml (apart from ``iterations``)."""
@@ -149,6 +207,10 @@ class RunDirectory:
         for p in deleted:
             p.unlink(missing_ok=True)
         return deleted
+
+    def write_eval(self, result: EvalResult) -> None:
+        """eval.json, atomically."""
+        atomic_write_json(self.eval_file, result.to_dict())
 
     # ------------------------------------------------------------------ run record
     def recorded_config(self) -> Config | None:
