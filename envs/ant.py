@@ -51,19 +51,10 @@ class _Ant(MujocoTaskDistribution):
     def position(self, sim: Simulator) -> Array:
         return sim.body_xpos(_TORSO)[:, :2]
 
-    def reward_and_termination(
-        self,
-        tasks: Array,
-        velocity: Array,
-        ctrl_cost: Array,
-        sim: Simulator,
-        ids: np.ndarray | None,
-    ) -> tuple[Array, Array | None]:
-        qpos = sim.state_qpos if ids is None else sim.state_qpos[ids]
+    def survival(self, qpos: Array) -> tuple[Array, Array | None]:
         z = qpos[:, 2]
         healthy = (self.healthy_z_low <= z) & (z <= self.healthy_z_high)  # state is finite: checked before
-        reward = self.task_reward(tasks, velocity, qpos) + self.healthy_reward * healthy - ctrl_cost
-        return reward, (~healthy if self.terminate_when_unhealthy else None)
+        return self.healthy_reward * healthy, (~healthy if self.terminate_when_unhealthy else None)
 
 
 @dataclasses.dataclass

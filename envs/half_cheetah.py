@@ -29,17 +29,6 @@ class _HalfCheetah(MujocoTaskDistribution):
     frame_skip: int = 5
     reset_noise_scale: float = 0.1
 
-    def reward_and_termination(
-        self,
-        tasks: Array,
-        velocity: Array,
-        ctrl_cost: Array,
-        sim: Simulator,
-        ids: np.ndarray | None,
-    ) -> tuple[Array, None]:
-        qpos = sim.state_qpos if ids is None else sim.state_qpos[ids]
-        return self.task_reward(tasks, velocity, qpos) - ctrl_cost, None
-
 
 @dataclasses.dataclass
 class HalfCheetahVel(VelocityTasks, _HalfCheetah):

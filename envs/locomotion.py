@@ -76,8 +76,8 @@ class MujocoTaskDistribution(TaskDistribution):
     """Base of the locomotion distributions: a gymnasium XML, reset noise and a control cost.
 
     Subclasses set ``xml_file``, ``label``, ``root_qpos_skip`` (leading qpos entries left out of
-    the observation) and implement ``reward_and_termination`` (and ``configure`` for dynamics tasks);
-    a task kind fills in ``task_reward``, the term that robot's ``reward_and_termination`` adds.
+    the observation), a robot that can fall implements ``survival`` (and ``configure`` for dynamics
+    tasks); a task kind fills in ``task_reward``. ``reward_and_termination`` puts them together.
     """
 
     xml_file: ClassVar[str]
@@ -159,14 +159,25 @@ class MujocoTaskDistribution(TaskDistribution):
         sim: Simulator,
         ids: np.ndarray | None,
     ) -> tuple[Array, Array | None]:
-        """``(reward [n], terminated bool [n] or None for never)`` of the stepped sims ``ids`` (None: all).
+        """``(reward [n], terminated bool [n] or None for never)`` of the stepped sims ``ids`` (None: all):
+        the task's term, plus the robot's survive bonus, minus the control cost.
 
         ``tasks``, ``velocity`` and ``ctrl_cost`` hold those sims' rows already.
         """
-        raise NotImplementedError
+        qpos = sim.state_qpos if ids is None else sim.state_qpos[ids]
+        reward = self.task_reward(tasks, velocity, qpos)
+        bonus, terminated = self.survival(qpos)
+        if bonus is not None:
+            reward = reward + bonus
+        return reward - ctrl_cost, terminated
+
+    def survival(self, qpos: Array) -> tuple[Array | None, Array | None]:
+        """``(survive bonus [n] or None, terminated bool [n] or None)`` from ``qpos`` ``[n, nq]`` after
+        the step; a robot that never falls (the default) has neither."""
+        return None, None
 
     def task_reward(self, tasks: Array, velocity: Array, qpos: Array) -> Array:
-        """The task's term of the reward ``[n]``, which a robot's ``reward_and_termination`` adds to its
+        """The task's term of the reward ``[n]``, to which ``reward_and_termination`` adds the robot's
         own terms (control cost, survive bonus): ``velocity`` ``[n, k]`` (forward x first) and ``qpos``
         ``[n, nq]`` after the step, of the same sims as ``tasks``."""
         raise NotImplementedError
