@@ -81,18 +81,9 @@ class StepChecker:
             self._fault(t, f"step() returned {_describe(out)}; expected (observation, reward, terminated)")
         obs, reward, terminated = out
         self._check_obs(t, obs)
-        if not isinstance(reward, torch.Tensor):
-            self._fault(t, f"reward is a {type(reward).__name__}; expected a torch.Tensor")
-        if reward.shape != self.batch_shape:
-            self._fault(t, f"reward has shape {tuple(reward.shape)}; expected {self.batch_shape}")
-        if not reward.is_floating_point():
-            self._fault(t, f"reward dtype is {reward.dtype}; expected a floating-point dtype (torch.float32)")
-        if not isinstance(terminated, torch.Tensor):
-            self._fault(t, f"terminated is a {type(terminated).__name__}; expected a torch.Tensor")
-        if terminated.shape != self.batch_shape:
-            self._fault(t, f"terminated has shape {tuple(terminated.shape)}; expected {self.batch_shape}")
-        if terminated.dtype != torch.bool:
-            self._fault(t, f"terminated dtype is {terminated.dtype}; expected torch.bool")
+        floating = "a floating-point dtype (torch.float32)"
+        self._check_tensor(t, "reward", reward, self.batch_shape, torch.Tensor.is_floating_point, floating)
+        self._check_tensor(t, "terminated", terminated, self.batch_shape, _is(torch.bool), "torch.bool")
         if self.eager and not math.isfinite(
             obs.sum(dtype=torch.float64).item() + reward.sum(dtype=torch.float64).item()
         ):
@@ -155,12 +146,25 @@ class StepChecker:
             ) from exc
 
     def _check_obs(self, where: int | str, obs: Any) -> None:
-        if not isinstance(obs, torch.Tensor):
-            self._fault(where, f"observation is a {type(obs).__name__}; expected a torch.Tensor")
-        if obs.shape != self.obs_shape:
-            self._fault(where, f"observation has shape {tuple(obs.shape)}; expected {self.obs_shape}")
-        if obs.dtype != torch.float32:
-            self._fault(where, f"observation dtype is {obs.dtype}; expected torch.float32")
+        self._check_tensor(where, "observation", obs, self.obs_shape, _is(torch.float32), "torch.float32")
+
+    def _check_tensor(
+        self,
+        where: int | str,
+        what: str,
+        value: Any,
+        shape: tuple[int, ...],
+        dtype_ok: Callable[[torch.Tensor], bool],
+        dtype: str,
+    ) -> None:
+        """``value`` must be a tensor of ``shape`` whose dtype passes ``dtype_ok`` (``dtype`` says
+        which); each problem is a fault naming ``what``."""
+        if not isinstance(value, torch.Tensor):
+            self._fault(where, f"{what} is a {type(value).__name__}; expected a torch.Tensor")
+        if value.shape != shape:
+            self._fault(where, f"{what} has shape {tuple(value.shape)}; expected {shape}")
+        if not dtype_ok(value):
+            self._fault(where, f"{what} dtype is {value.dtype}; expected {dtype}")
 
     def _locate(self, where: int | str, obs: torch.Tensor | None, reward: torch.Tensor | None) -> None:
         """Name the first simulation with a non-finite observation or reward (if any)."""
@@ -247,3 +251,8 @@ def validate(dist: TaskDistribution, num_envs: int = 4, steps: int = 10, seed: i
     finally:
         env.close()
     _VALIDATED.add(key)
+
+
+def _is(dtype: torch.dtype) -> Callable[[torch.Tensor], bool]:
+    """A check that a tensor has exactly ``dtype``."""
+    return lambda tensor: tensor.dtype == dtype
