@@ -13,7 +13,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from .simulator import SETCONST_INPUTS, Simulator, cpu_count, state_faults
+from .simulator import SETCONST_INPUTS, HostSimulator, state_faults
 
 # MuJoCo warnings that mean the numbers went bad (MuJoCo then silently resets the sim).
 _BAD_WARNINGS = ("mjWARN_BADQPOS", "mjWARN_BADQVEL", "mjWARN_BADQACC", "mjWARN_BADCTRL")
@@ -27,15 +27,13 @@ def _has_batch() -> bool:
     return True
 
 
-class BatchSimulator(Simulator):
+class BatchSimulator(HostSimulator):
     """``mujoco.batch.Batch``: ``qpos``/``qvel`` are its live ``[nsim, nq]``/``[nsim, nv]`` float64 arrays."""
 
     backend = "batch"
 
     def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, nthread: int | None = None):
-        self.model, self.nsim, self.frame_skip = model, int(nsim), int(frame_skip)
-        self.nthread = max(1, min(nthread or cpu_count(), self.nsim))
-        self.applied_tasks = None
+        super().__init__(model, nsim, frame_skip, nthread)
         self._bad_warnings = np.array([int(getattr(mujoco.mjtWarning, w)) for w in _BAD_WARNINGS])
         self._batch = importlib.import_module("mujoco.batch").Batch(model, nsim=self.nsim, nthread=self.nthread)
         self.qpos = self._batch.bind("qpos")

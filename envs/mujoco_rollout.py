@@ -15,18 +15,16 @@ import inspect
 import mujoco
 import numpy as np
 
-from .simulator import SETCONST_INPUTS, Simulator, cpu_count, state_faults
+from .simulator import SETCONST_INPUTS, HostSimulator, state_faults
 
 
-class RolloutSimulator(Simulator):
+class RolloutSimulator(HostSimulator):
     """``qpos``/``qvel`` are live views into the full-physics state rows that ``mujoco.rollout`` steps."""
 
     backend = "rollout"
 
     def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, nthread: int | None = None):
-        self.model, self.nsim, self.frame_skip = model, int(nsim), int(frame_skip)
-        self.nthread = max(1, min(nthread or cpu_count(), self.nsim))
-        self.applied_tasks = None
+        super().__init__(model, nsim, frame_skip, nthread)
         rollout = importlib.import_module("mujoco.rollout")
         base = copy.copy(self.model)
         # without auto-reset a blow-up stays visible in the state, where unstable() sees it

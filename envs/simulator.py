@@ -144,3 +144,13 @@ class Simulator(ABC):
 
     def close(self) -> None:
         """Release the simulator's threads and memory."""
+
+
+class HostSimulator(Simulator):
+    """A C backend stepping on the host's CPU cores: ``nthread`` threads (default: every core this
+    process may use), at most one per simulation."""
+
+    def __init__(self, model: mujoco.MjModel, nsim: int, frame_skip: int, nthread: int | None = None):
+        self.model, self.nsim, self.frame_skip = model, int(nsim), int(frame_skip)
+        self.nthread = max(1, min(nthread or cpu_count(), self.nsim))
+        self.applied_tasks = None
