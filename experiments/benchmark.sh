@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 out=experiments/results/benchmark
 mkdir -p "$out"
 bench() { local name=$1; shift; echo "== $name"; caml-rl benchmark "$@" --json > "$out/$name.json"; cat "$out/$name.json"; }
+# the headline configs exactly, with the update broken into its parts (update_parts, in fwd+bwd units)
+bench halfcheetah_vel_headline_caml --config experiments/configs/halfcheetah_vel_caml.yaml --iterations 3
+bench halfcheetah_vel_headline_maml --config experiments/configs/halfcheetah_vel_maml.yaml --iterations 3
 bench halfcheetah_vel_paper_caml   --env halfcheetah_vel --preset paper   --method caml --iterations 3
 bench halfcheetah_vel_paper_maml   --env halfcheetah_vel --preset paper   --method maml --iterations 3
 bench halfcheetah_vel_mamlrl_caml  --env halfcheetah_vel --preset maml-rl --method caml --iterations 4
