@@ -32,6 +32,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -44,7 +45,6 @@ from caml_rl import envs
 
 from .checkpoint import (
     CheckpointError,
-    atomic_write_json,
     atomic_write_text,
     first_line,
     read_json,
@@ -79,6 +79,11 @@ class PPOSettings:
     gae_lambda: float = 0.95
     save_every: int = 20
     """Rollouts between checkpoints (the resume point)."""
+
+    def sb3_arguments(self) -> dict[str, Any]:
+        """The settings that are SB3 ``PPO`` arguments of the same name (the rest size the run)."""
+        run_only = ("total_timesteps", "n_envs", "save_every")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_only}
 
     def validate(self) -> None:
         for key in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "save_every"):
@@ -162,19 +167,8 @@ def build_ppo(config: Config, distribution: envs.TaskDistribution, ppo: PPOSetti
     """A fresh SB3 PPO with the config's policy architecture on single-task envs of ``distribution``."""
     act, hidden = ACTIVATIONS[config.policy.activation], list(config.policy.hidden_sizes)
     env = make_vec_env(lambda: envs.SingleTaskEnv(distribution), n_envs=ppo.n_envs, seed=config.seed)
-    return PPO(
-        "MlpPolicy",
-        env,
-        n_steps=ppo.n_steps,
-        batch_size=ppo.batch_size,
-        n_epochs=ppo.n_epochs,
-        learning_rate=ppo.learning_rate,
-        gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda,
-        policy_kwargs={"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": act},
-        seed=config.seed,
-        device="cpu",
-    )
+    policy_kwargs = {"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": act}
+    return PPO("MlpPolicy", env, **ppo.sb3_arguments(), policy_kwargs=policy_kwargs, seed=config.seed, device="cpu")
 
 
 def copy_actor(model: PPO, policy: ContextMLPPolicy) -> ContextMLPPolicy:
@@ -345,7 +339,7 @@ class PPOBaselineRun:
         if not evaluate_at_end:
             return None
         result = load_run(self.run_dir).evaluate()
-        atomic_write_json(self.files.eval_file, result.to_dict())
+        self.files.write_eval(result)
         if verbose:
             print(result.table())
         return result
