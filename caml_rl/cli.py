@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .algorithm import algorithm_class
 from .allocator import keep_freed_memory
 from .checkpoint import atomic_write_json, check_out_path
 from .config import ConfigError, load_config
@@ -44,7 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a policy (default: CAML on 2D navigation)")
     p.add_argument("config", nargs="?", help="YAML config (see experiments/configs/); defaults if omitted")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    p.add_argument("--out", help="run directory (default: runs/<env>_<partition>_<time>)")
+    p.add_argument("--out", help="run directory (default: runs/<env>_<what adapts: context, all, rl2, pearl>_<time>)")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     p.add_argument("--device", help="shortcut for --set device=D (cpu, cuda, auto)")
     p.add_argument("--iterations", type=int, help="shortcut for --set iterations=N (also extends a resumed run)")
@@ -215,7 +216,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if launched_by_torchrun() and not args.out:
             raise ConfigError("--out is required under torchrun, so that every worker uses the same run directory")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = args.out or f"runs/{config.env.name}_{config.adaptation.partition.replace(',', '+')}_{stamp}"
+        label = algorithm_class(config.algorithm).label(config).replace(",", "+")  # what adapts, or the method
+        out = args.out or f"runs/{config.env.name}_{label}_{stamp}"
         check_out_path(out, "--out", folder=True)
         if args.config and Path(args.config).resolve() == (Path(out) / "config.yaml").resolve():
             raise ConfigError(

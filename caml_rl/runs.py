@@ -58,7 +58,8 @@ class LoadedRun:
         if not self.partition:
             raise ConfigError(
                 f"{what} shows adaptation by gradient steps; this run's algorithm {self.config.algorithm!r} adapts "
-                "otherwise (RL²: in its hidden state): use `caml-rl evaluate` or `caml-rl report` for its curve"
+                "otherwise (RL² in its hidden state, PEARL by inferring a latent context): use `caml-rl evaluate` or "
+                "`caml-rl report` for its curve"
             )
 
     def evaluate(

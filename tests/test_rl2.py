@@ -252,3 +252,13 @@ def test_target_kl_must_be_positive_or_null():
 
     with pytest.raises(ConfigError, match=r"rl2.target_kl=0.0 is out of range; allowed: > 0 or null"):
         small_rl2("rl2.target_kl=0").validate()
+
+
+def test_the_default_run_folder_names_the_algorithm(tmp_path, monkeypatch):
+    from caml_rl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["meta_batch_size=2", "episodes_per_task=2", "env.settings.horizon=5", "rl2.hidden_size=4", "iterations=1"]
+    main(["train", "--no-eval", "--set", "algorithm=rl2", *[a for kv in args for a in ("--set", kv)]])
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("navigation2d_rl2_"), run.name  # not "_context_": RL² adapts no context
