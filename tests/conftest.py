@@ -45,6 +45,17 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(autouse=True)
+def _algorithm_registry():
+    """A test that registers a plug-in algorithm (the docs' example) leaves the registry as it found it."""
+    from caml_rl.algorithm import ALGORITHMS
+
+    before = dict(ALGORITHMS)
+    yield
+    ALGORITHMS.clear()
+    ALGORITHMS.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _torch_threads(request):
     """Every test starts at the session's thread count, whatever an earlier test's run set, and leaves it so
     (a module-scoped fixture that trains is set up between two tests)."""

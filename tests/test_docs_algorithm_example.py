@@ -18,6 +18,7 @@ def _register(tmp_path, monkeypatch):
     (tmp_path / "my_algorithm.py").write_text(docs_block(PAGE, "class MultitaskPG"))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_algorithm", raising=False)
+    monkeypatch.setenv("CAML_RL_IMPORT", "")  # --import exports the module here for sweeps: undone after the test
     monkeypatch.chdir(tmp_path)
 
 
