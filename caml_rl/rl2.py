@@ -126,15 +126,15 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate + value + entropy, each a mean over the steps that happened."""
     n = mask.sum().clamp(min=1)
-    ratio = (logp - old_logp).exp()
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
     policy_loss = -(surrogate * mask).sum() / n
     value_loss = ((value - returns) ** 2 * mask).sum() / n
     entropy_mean = (entropy * mask).sum() / n
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_mean
     clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / n
-    log_ratio = (logp - old_logp).detach()
-    approx_kl = (((log_ratio.exp() - 1) - log_ratio) * mask).sum() / n  # Schulman's k3 estimator, as SB3's
+    approx_kl = (((ratio - 1) - log_ratio).detach() * mask).sum() / n  # Schulman's k3 estimator, as SB3's
     stats = {
         "policy_loss": float(policy_loss.detach()),
         "value_loss": float(value_loss.detach()),
