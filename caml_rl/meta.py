@@ -212,20 +212,6 @@ def trust_region_metric(
     return Metric(product, _flat(jtu).detach() if shared else None)
 
 
-def fisher_vector_product(
-    policy: ContextMLPPolicy,
-    names: tuple[str, ...],
-    batch: MetaBatch,
-    adapt_cfg: AdaptationConfig,
-    trpo_cfg: TRPOConfig,
-    generator: torch.Generator,
-    old_out: tuple[torch.Tensor, ...],
-    shard: tuple[int, int] | None = None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> H v`` on its own graph (see ``trust_region_metric``)."""
-    return trust_region_metric(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard).product
-
-
 def meta_update(
     policy: ContextMLPPolicy,
     names: tuple[str, ...],

@@ -11,7 +11,7 @@ from conftest import random_episodes, tiny_policy
 from caml_rl.adaptation import adapt
 from caml_rl.config import AdaptationConfig, TRPOConfig
 from caml_rl.episodes import select_tasks
-from caml_rl.meta import MetaBatch, fisher_vector_product, mean_kl, meta_update, readapt, surrogate_loss
+from caml_rl.meta import MetaBatch, mean_kl, meta_update, readapt, surrogate_loss, trust_region_metric
 from caml_rl.partition import initial_fast_weights, policy_forward, resolve_partition
 
 PARTITIONS = ["context", "all"]
@@ -57,7 +57,7 @@ def test_fisher_vector_product_is_the_hessian_of_the_mean_kl(partition, fisher):
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     offset = {k: (batch.fast[k] - batch.start[k]).detach() for k in batch.fast}
     cfg = TRPOConfig(fisher=fisher, fvp_subsample=1.0)
-    fvp = fisher_vector_product(policy, names, batch, ADAPT, cfg, torch.Generator(), old_out)
+    fvp = trust_region_metric(policy, names, batch, ADAPT, cfg, torch.Generator(), old_out).product
     theta0 = flat_params(policy)
     n, eps = theta0.numel(), 1e-5
     # explicit Hessian, column by column, by central differences of the KL's gradient
@@ -88,7 +88,9 @@ def test_the_two_metrics_differ_for_maml():
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     products = [
-        fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(fisher=f, fvp_subsample=1.0), None, old_out)(v)
+        trust_region_metric(
+            policy, names, batch, ADAPT, TRPOConfig(fisher=f, fvp_subsample=1.0), None, old_out
+        ).product(v)
         for f in ("fixed", "full")
     ]
     assert not torch.allclose(products[0], products[1], rtol=1e-3)  # a difference of the maths, not rounding
@@ -102,7 +104,9 @@ def test_full_metric_subsamples_whole_tasks(partition):
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     sub_cfg, all_cfg = TRPOConfig(fisher="full", fvp_subsample=0.34), TRPOConfig(fisher="full", fvp_subsample=1.0)
-    sampled = fisher_vector_product(policy, names, batch, ADAPT, sub_cfg, torch.Generator().manual_seed(7), old_out)(v)
+    sampled = trust_region_metric(
+        policy, names, batch, ADAPT, sub_cfg, torch.Generator().manual_seed(7), old_out
+    ).product(v)
     picked = torch.randperm(3, generator=torch.Generator().manual_seed(7))[:1]  # round(3 * 0.34) = 1 task
     one = MetaBatch(
         select_tasks(batch.pre, picked),
@@ -112,10 +116,12 @@ def test_full_metric_subsamples_whole_tasks(partition):
         {k: x[picked] for k, x in batch.start.items()},
         {k: x[picked] for k, x in batch.fast.items()},
     )
-    alone = fisher_vector_product(policy, names, one, ADAPT, all_cfg, None, tuple(o[:, picked] for o in old_out))(v)
+    alone = trust_region_metric(policy, names, one, ADAPT, all_cfg, None, tuple(o[:, picked] for o in old_out)).product(
+        v
+    )
     # float64, the same task's terms in a batch of 3 or of 1: reordered sums, ~1e-16 relative
     torch.testing.assert_close(sampled, alone, rtol=1e-10, atol=1e-12)
-    everything = fisher_vector_product(policy, names, batch, ADAPT, all_cfg, None, old_out)(v)
+    everything = trust_region_metric(policy, names, batch, ADAPT, all_cfg, None, old_out).product(v)
     assert not torch.allclose(sampled, everything, rtol=1e-3)  # another task set: O(1) apart
 
 
@@ -171,8 +177,8 @@ def test_auto_metric_is_full_for_maml_and_fixed_for_the_context():
     policy, names, batch = make_batch("all")
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    auto = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(), None, old_out)(v)
-    full = fisher_vector_product(policy, names, batch, ADAPT, TRPOConfig(fisher="full"), None, old_out)(v)
+    auto = trust_region_metric(policy, names, batch, ADAPT, TRPOConfig(), None, old_out).product(v)
+    full = trust_region_metric(policy, names, batch, ADAPT, TRPOConfig(fisher="full"), None, old_out).product(v)
     assert torch.equal(auto, full)  # exact: "auto" resolves to the same computation, in the same process
 
 
