@@ -4,6 +4,8 @@ what is allowed, so a user fixes a config without reading code."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import field, fields
 from typing import Any
 
 
@@ -38,3 +40,41 @@ def check_plain(key: str, value: Any, who: str = "config key") -> None:
         raise ConfigError(f"{who} {key}={value!r} is not a finite number")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
         raise ConfigError(f"{who} {key}={value} is out of range; allowed: integers below 2**63")
+
+
+_RANGES: dict[str, Callable[[Any], bool]] = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "in (0, 1)": lambda v: 0 < v < 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+}
+
+
+def limited(default: Any, allowed: str) -> Any:
+    """A config field with the values it allows, declared beside it: one of ``_RANGES``' rules,
+    optionally followed by " or null", or comma-separated choices. ``check_limits`` enforces it and
+    the configuration reference shows it, so the two cannot disagree."""
+    return field(default=default, metadata={"allowed": allowed})
+
+
+def allows(allowed: str, value: Any) -> bool:
+    """Whether ``value`` satisfies a ``limited`` field's rule."""
+    if allowed.endswith(" or null"):
+        if value is None:
+            return True
+        allowed = allowed.removesuffix(" or null")
+    if value is None:
+        return False
+    if allowed in _RANGES:
+        return _RANGES[allowed](value)
+    return value in [choice.strip() for choice in allowed.split(",")]
+
+
+def check_limits(section: Any, prefix: str) -> None:
+    """Refuse, in declaration order, the first field of ``section`` outside its ``limited`` rule."""
+    for f in fields(section):
+        if "allowed" in f.metadata:
+            value = getattr(section, f.name)
+            check(prefix + f.name, value, allows(f.metadata["allowed"], value), f.metadata["allowed"])

@@ -191,7 +191,8 @@ def _simple_type(tp: Any) -> bool:
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(key, default, docstring)`` for every config key, read from the source docstrings."""
+    """``(key, default, docstring)`` for every config key, read from the source docstrings; a
+    ``limited`` field's docstring ends with the values it allows."""
     import ast
     import inspect
 
@@ -208,5 +209,6 @@ def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str
         if dataclasses.is_dataclass(hints[f.name]):
             rows += field_docs(hints[f.name], f"{prefix}{f.name}.")
         else:
-            rows.append((f"{prefix}{f.name}", repr(getattr(default, f.name)), docs.get(f.name, "")))
+            allowed = f" Allowed: {f.metadata['allowed']}." if "allowed" in f.metadata else ""
+            rows.append((f"{prefix}{f.name}", repr(getattr(default, f.name)), docs.get(f.name, "") + allowed))
     return rows

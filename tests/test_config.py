@@ -88,3 +88,51 @@ def test_the_configuration_reference_is_generated_from_the_docstrings():
     head = "| key | default | meaning |\n|---|---|---|\n"
     tables = [part.split("\n\n")[0] for part in page.split(head)[1:]]
     assert sorted(row for table in tables for row in table.splitlines()) == sorted(rows)
+
+
+def test_every_declared_limit_is_a_known_rule_that_its_default_meets():
+    """A ``limited`` rule that is not one of the known ranges would be read as a list of choices and
+    refuse every number; each default must meet its own rule."""
+    import dataclasses
+
+    from caml_rl.config_checks import _RANGES, allows
+
+    sections = [Config()] + [getattr(Config(), f.name) for f in dataclasses.fields(Config)]
+    rules = [
+        (f.name, f.metadata["allowed"], getattr(s, f.name))
+        for s in sections
+        if dataclasses.is_dataclass(s)
+        for f in dataclasses.fields(s)
+        if "allowed" in f.metadata
+    ]
+    assert len(rules) > 40
+    for name, rule, default in rules:
+        base = rule.removesuffix(" or null")
+        assert base in _RANGES or isinstance(default, str), (name, rule)
+        assert allows(rule, default), (name, rule, default)
+
+
+@pytest.mark.parametrize(
+    ("rule", "good", "bad"),
+    [
+        ("> 0", [1e-9, 3], [0, -1.0]),
+        (">= 1", [1, 7], [0, -3]),
+        ("in (0, 1]", [1.0, 0.5], [0.0, 1.01]),
+        ("in [0, 1]", [0.0, 1.0], [-0.01, 1.5]),
+        ("in (0, 1)", [0.5], [0.0, 1.0]),
+        ("> 0 or null", [None, 0.1], [0.0]),
+        ("auto, fixed, full", ["auto", "full"], ["Full", "", None]),
+    ],
+)
+def test_limit_rules_accept_and_refuse(rule, good, bad):
+    from caml_rl.config_checks import allows
+
+    assert all(allows(rule, v) for v in good)
+    assert not any(allows(rule, v) for v in bad)
+
+
+def test_a_value_outside_its_declared_limit_is_refused_in_one_line():
+    config = Config()
+    config.rl2.target_kl = 0.0
+    with pytest.raises(ConfigError, match=r"^config key rl2.target_kl=0.0 is out of range; allowed: > 0 or null$"):
+        config.validate()
