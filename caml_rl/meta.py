@@ -141,10 +141,10 @@ def trust_region_metric(
     policy: ContextMLPPolicy,
     names: tuple[str, ...],
     batch: MetaBatch,
+    old_out: tuple[torch.Tensor, ...],
     adapt_cfg: AdaptationConfig,
     trpo_cfg: TRPOConfig,
     generator: torch.Generator,
-    old_out: tuple[torch.Tensor, ...],
     shard: tuple[int, int] | None = None,
     out: tuple[torch.Tensor, ...] | None = None,
     loss: torch.Tensor | None = None,
@@ -155,7 +155,7 @@ def trust_region_metric(
     holds the adaptation step constant (cheaper; exact for the parameters' direct effect only).
     ``auto`` picks full when network weights adapt (MAML: the fixed metric slows its learning
     several-fold, experiments/README.md) and fixed when only the context does. ``old_out``: the
-    adapted policy's outputs on the post-adaptation episodes, detached. ``shard``: this worker's
+    outputs of the adapted policy that sampled ``batch.post``, detached. ``shard``: this worker's
     rows of the meta-batch, for the task subsample (see ``_subsample_tasks``).
 
     The KL is zero with a zero gradient in the policy's outputs where it is measured (new = old, up
@@ -234,7 +234,7 @@ def meta_update(
         old_logp = policy.distribution(old_out).log_prob(post.actions)
         loss = surrogate_loss(policy, batch, out, old_logp)
     with section("metric_build"):
-        metric = trust_region_metric(policy, names, batch, adapt_cfg, trpo_cfg, generator, old_out, shard, out, loss)
+        metric = trust_region_metric(policy, names, batch, old_out, adapt_cfg, trpo_cfg, generator, shard, out, loss)
 
     def evaluate() -> tuple[float, float]:
         with torch.enable_grad():  # the inner step needs gradients even inside the line search

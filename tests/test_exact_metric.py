@@ -43,7 +43,7 @@ def test_meta_gradient_and_product_equal_the_reference(partition, fisher, subsam
     loss = surrogate_loss(policy, batch, out, policy.distribution(old_out).log_prob(batch.post.actions))
     cfg = TRPOConfig(fisher=fisher, fvp_subsample=subsample)
     metric = trust_region_metric(
-        policy, names, batch, ADAPT, cfg, torch.Generator().manual_seed(8), old_out, None, out, loss
+        policy, names, batch, old_out, ADAPT, cfg, torch.Generator().manual_seed(8), None, out, loss
     )
     reference = reference_fvp(policy, names, batch, ADAPT, cfg, torch.Generator().manual_seed(8), old_out)
     assert (metric.gradient is not None) == (fisher == "full" and subsample == 1.0)  # shared graph only then

@@ -57,7 +57,7 @@ def test_fisher_vector_product_is_the_hessian_of_the_mean_kl(partition, fisher):
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     offset = {k: (batch.fast[k] - batch.start[k]).detach() for k in batch.fast}
     cfg = TRPOConfig(fisher=fisher, fvp_subsample=1.0)
-    fvp = trust_region_metric(policy, names, batch, ADAPT, cfg, torch.Generator(), old_out).product
+    fvp = trust_region_metric(policy, names, batch, old_out, ADAPT, cfg, torch.Generator()).product
     theta0 = flat_params(policy)
     n, eps = theta0.numel(), 1e-5
     # explicit Hessian, column by column, by central differences of the KL's gradient
@@ -89,7 +89,7 @@ def test_the_two_metrics_differ_for_maml():
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     products = [
         trust_region_metric(
-            policy, names, batch, ADAPT, TRPOConfig(fisher=f, fvp_subsample=1.0), None, old_out
+            policy, names, batch, old_out, ADAPT, TRPOConfig(fisher=f, fvp_subsample=1.0), None
         ).product(v)
         for f in ("fixed", "full")
     ]
@@ -105,7 +105,7 @@ def test_full_metric_subsamples_whole_tasks(partition):
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     sub_cfg, all_cfg = TRPOConfig(fisher="full", fvp_subsample=0.34), TRPOConfig(fisher="full", fvp_subsample=1.0)
     sampled = trust_region_metric(
-        policy, names, batch, ADAPT, sub_cfg, torch.Generator().manual_seed(7), old_out
+        policy, names, batch, old_out, ADAPT, sub_cfg, torch.Generator().manual_seed(7)
     ).product(v)
     picked = torch.randperm(3, generator=torch.Generator().manual_seed(7))[:1]  # round(3 * 0.34) = 1 task
     one = MetaBatch(
@@ -116,12 +116,12 @@ def test_full_metric_subsamples_whole_tasks(partition):
         {k: x[picked] for k, x in batch.start.items()},
         {k: x[picked] for k, x in batch.fast.items()},
     )
-    alone = trust_region_metric(policy, names, one, ADAPT, all_cfg, None, tuple(o[:, picked] for o in old_out)).product(
+    alone = trust_region_metric(policy, names, one, tuple(o[:, picked] for o in old_out), ADAPT, all_cfg, None).product(
         v
     )
     # float64, the same task's terms in a batch of 3 or of 1: reordered sums, ~1e-16 relative
     torch.testing.assert_close(sampled, alone, rtol=1e-10, atol=1e-12)
-    everything = trust_region_metric(policy, names, batch, ADAPT, all_cfg, None, old_out).product(v)
+    everything = trust_region_metric(policy, names, batch, old_out, ADAPT, all_cfg, None).product(v)
     assert not torch.allclose(sampled, everything, rtol=1e-3)  # another task set: O(1) apart
 
 
@@ -177,8 +177,8 @@ def test_auto_metric_is_full_for_maml_and_fixed_for_the_context():
     policy, names, batch = make_batch("all")
     old_out = tuple(o.detach() for o in policy_forward(policy, batch.post.obs, batch.fast))
     v = torch.randn(flat_params(policy).numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    auto = trust_region_metric(policy, names, batch, ADAPT, TRPOConfig(), None, old_out).product(v)
-    full = trust_region_metric(policy, names, batch, ADAPT, TRPOConfig(fisher="full"), None, old_out).product(v)
+    auto = trust_region_metric(policy, names, batch, old_out, ADAPT, TRPOConfig(), None).product(v)
+    full = trust_region_metric(policy, names, batch, old_out, ADAPT, TRPOConfig(fisher="full"), None).product(v)
     assert torch.equal(auto, full)  # exact: "auto" resolves to the same computation, in the same process
 
 
