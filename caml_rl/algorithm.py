@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, register_section
 from .seeding import Streams
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ class Algorithm(ABC):
 
     name: ClassVar[str]
     """The value of ``config.algorithm`` that selects it."""
+    config_section: ClassVar[type | None] = None
+    """A plug-in's own settings: a dataclass (a :class:`caml_rl.config.Section` with ``limited``
+    fields is validated), read from the config's ``plugins.<name>`` section and recorded with the
+    run. The built-in algorithms have top-level sections instead."""
 
     def __init__(self, setup: Setup, policy: torch.nn.Module):
         self.setup, self.policy = setup, policy
@@ -69,6 +73,14 @@ class Algorithm(ABC):
     @abstractmethod
     def make_policy(config: Config, observation_space: gym.spaces.Space, action_space: gym.spaces.Space):
         """The policy a config describes (its weights come from the global torch seed)."""
+
+    @classmethod
+    def settings(cls, config: Config) -> Any:
+        """This algorithm's ``plugins.<name>`` section of ``config`` (its defaults when absent)."""
+        section = config.plugins.get(cls.name)
+        if section is None and cls.config_section is not None:
+            return cls.config_section()
+        return section
 
     @classmethod
     def label(cls, config: Config) -> str:
@@ -141,7 +153,10 @@ ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
-    """Class decorator: ``config.algorithm: <cls.name>`` selects ``cls``."""
+    """Class decorator: ``config.algorithm: <cls.name>`` selects ``cls`` (and ``plugins.<cls.name>``
+    holds its ``config_section``, if it has one)."""
+    if cls.config_section is not None:
+        register_section(cls.name, cls.config_section)
     ALGORITHMS[cls.name] = cls
     return cls
 

@@ -8,14 +8,16 @@ this module is the one place to import them from.
 
 from __future__ import annotations
 
-from .config_checks import ConfigError, check, check_plain
+from .config_checks import ConfigError, check, check_plain, limited
 from .config_loading import (
     apply_overrides,
+    build_config,
     field_docs,
     from_dict,
     load_config,
     make_distribution,
     read_config_file,
+    register_section,
     resolved_settings,
 )
 from .config_sections import (
@@ -27,6 +29,7 @@ from .config_sections import (
     PolicyConfig,
     PPOConfig,
     RL2Config,
+    Section,
     TRPOConfig,
 )
 
@@ -40,14 +43,18 @@ __all__ = [
     "PPOConfig",
     "PolicyConfig",
     "RL2Config",
+    "Section",
     "TRPOConfig",
     "apply_overrides",
+    "build_config",
     "check",
     "check_plain",
     "field_docs",
     "from_dict",
+    "limited",
     "load_config",
     "make_distribution",
     "read_config_file",
+    "register_section",
     "resolved_settings",
 ]

@@ -90,6 +90,36 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+PLUGIN_SECTIONS: dict[str, type] = {}
+"""The config sections of plug-in algorithms, by algorithm name (``register_algorithm`` fills it)."""
+
+
+def register_section(name: str, section: type) -> None:
+    """Let ``plugins.<name>`` of a config hold ``section``, a dataclass of one algorithm's settings."""
+    if not (isinstance(section, type) and dataclasses.is_dataclass(section)):
+        raise TypeError(f"config_section of algorithm {name!r} must be a dataclass, got {section!r}")
+    PLUGIN_SECTIONS[name] = section
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """``from_dict(Config, data)`` with each ``plugins.<name>`` built as its registered section; the
+    selected algorithm's section is added with its defaults when the data leaves it out."""
+    config = from_dict(Config, data)
+    plugins = {}
+    for name, value in config.plugins.items():
+        if name not in PLUGIN_SECTIONS:
+            known = ", ".join(sorted(PLUGIN_SECTIONS)) or "none"
+            raise ConfigError(
+                f"unknown config section plugins.{name}; registered plug-in sections: {known} "
+                "(import the module that registers it with --import)"
+            )
+        plugins[name] = from_dict(PLUGIN_SECTIONS[name], {} if value is None else value, f"plugins.{name}.")
+    if config.algorithm in PLUGIN_SECTIONS and config.algorithm not in plugins:
+        plugins[config.algorithm] = PLUGIN_SECTIONS[config.algorithm]()
+    config.plugins = plugins
+    return config
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to nested plain data."""
     for item in overrides:
@@ -120,7 +150,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         data = read_config_file(path)
     data = apply_overrides(data, overrides or [])
-    config = from_dict(Config, data)
+    config = build_config(data)
     config.validate()
     return config
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_checks import check, check_limits, check_plain, limited
+from .config_checks import ConfigError, check, check_limits, check_plain, limited
 
 
 class Section:
@@ -250,6 +250,9 @@ class Config(Section, prefix=""):
     """RL²: a recurrent policy trained with PPO over trials (algorithm: rl2)."""
     pearl: PEARLConfig = field(default_factory=PEARLConfig)
     """PEARL: a context encoder and SAC trained off-policy from per-task replay buffers (algorithm: pearl)."""
+    plugins: dict[str, Any] = field(default_factory=dict)
+    """Sections of plug-in algorithms, by algorithm name: ``plugins.<name>`` holds the settings of an
+    algorithm whose ``config_section`` registered it (``--set plugins.<name>.lr=0.1``)."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """The evaluation run after training."""
     meta_batch_size: int = limited(20, ">= 1")
@@ -273,6 +276,13 @@ class Config(Section, prefix=""):
     def validate(self) -> None:
         for sub in (self.env, self.policy, self.adaptation, self.trpo, self.ppo, self.rl2, self.pearl, self.evaluation):
             sub.validate()
+        for name, section in self.plugins.items():
+            if not dataclasses.is_dataclass(section):
+                raise ConfigError(
+                    f"config section plugins.{name} is not a typed section; build the config with load_config"
+                )
+            if hasattr(section, "validate"):
+                section.validate()
         super().validate()
         check("checkpoint_keep", self.checkpoint_keep, self.checkpoint_keep >= 0, ">= 0 (0 keeps every checkpoint)")
         check("torch_threads", self.torch_threads, 0 <= self.torch_threads <= 4096, "0 to 4096")

@@ -39,7 +39,7 @@ from .checkpoint import (
     read_yaml_mapping,
     save_checkpoint,
 )
-from .config import Config, ConfigError, from_dict
+from .config import Config, ConfigError, build_config
 from .seeding import StreamDeviceError, Streams
 from .version import __version__
 
@@ -121,7 +121,7 @@ class RunDirectory:
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.path)
         payload = load_checkpoint(path, newest=not checkpoint)
         try:
-            config = from_dict(Config, payload["config"])
+            config = build_config(payload["config"])
             config.validate()
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} holds a config caml-rl rejects: {exc}") from None
@@ -219,7 +219,7 @@ class RunDirectory:
             return None
         data = read_yaml_mapping(self.config_file, "run config")
         try:
-            return from_dict(Config, data)
+            return build_config(data)
         except ConfigError as exc:
             raise CheckpointError(f"run config {str(self.config_file)!r} is damaged: {exc}") from None
 

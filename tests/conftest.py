@@ -46,13 +46,17 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _algorithm_registry():
-    """A test that registers a plug-in algorithm (the docs' example) leaves the registry as it found it."""
+    """A test that registers a plug-in algorithm (the docs' example) leaves the registries of
+    algorithms and of their config sections as it found them."""
     from caml_rl.algorithm import ALGORITHMS
+    from caml_rl.config_loading import PLUGIN_SECTIONS
 
-    before = dict(ALGORITHMS)
+    before, sections = dict(ALGORITHMS), dict(PLUGIN_SECTIONS)
     yield
     ALGORITHMS.clear()
     ALGORITHMS.update(before)
+    PLUGIN_SECTIONS.clear()
+    PLUGIN_SECTIONS.update(sections)
 
 
 @pytest.fixture(autouse=True)

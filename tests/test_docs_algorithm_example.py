@@ -72,3 +72,34 @@ def test_plugin_through_the_command_line(tmp_path, monkeypatch, capsys):
           "--seed", "1", "--out", "runs/multitask/eval_seed1.json"])  # fmt: skip
     main(["report", "runs/multitask", "--out", "results"])  # eval.json only: no --import
     assert "multitask_pg" in (tmp_path / "results" / "results.md").read_text()
+
+
+def test_plugin_config_section(tmp_path, monkeypatch):
+    """plugins.<name> is the plug-in's typed section: defaults when absent, types and limits checked in
+    one line, recorded in config.yaml and read back on resume; an unregistered section is refused."""
+    import pytest
+
+    from caml_rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown config section plugins.multitask_pg; registered plug-in"):
+        load_config(None, ["plugins.multitask_pg.lr=0.5"])  # before its module is imported
+    _register(tmp_path, monkeypatch)
+    import my_algorithm
+
+    assert _config(1).plugins["multitask_pg"] == my_algorithm.MultitaskPGConfig()  # the defaults
+    assert load_config(None, ["plugins.multitask_pg.lr=0.5"]).plugins["multitask_pg"].lr == 0.5
+    with pytest.raises(ConfigError, match=r"^config key plugins.multitask_pg.lr=0.0 is out of range; allowed: > 0$"):
+        load_config(None, ["algorithm=multitask_pg", "plugins.multitask_pg.lr=0"])
+    with pytest.raises(ConfigError, match=r"^config key plugins.multitask_pg.lr='fast' has the wrong type"):
+        load_config(None, ["plugins.multitask_pg.lr=fast"])
+    with pytest.raises(ConfigError, match=r"^unknown config key plugins.multitask_pg.gamma; allowed in this"):
+        load_config(None, ["plugins.multitask_pg.gamma=0.5"])
+
+    config = _config(2)
+    config.plugins["multitask_pg"].lr = 0.5
+    trainer = Trainer(config, "run")
+    assert trainer.algorithm.adam.param_groups[0]["lr"] == 0.5
+    trainer.train(evaluate_at_end=False, quiet=True)
+    assert "plugins:\n  multitask_pg:\n    lr: 0.5\n" in (tmp_path / "run" / "config.yaml").read_text()
+    resumed = Trainer.resume("run", iterations=3)
+    assert resumed.config.plugins["multitask_pg"] == my_algorithm.MultitaskPGConfig(lr=0.5)
