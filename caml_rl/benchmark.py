@@ -150,7 +150,7 @@ def run_benchmark(
             *(overrides or []),
         ],
     )
-    return {**_measure(config, iterations, worlds), "method": method}
+    return _measure(config, iterations, worlds)
 
 
 def _measure(config: Config, iterations: int, worlds: list[int] | None) -> dict[str, Any]:
@@ -221,7 +221,8 @@ def _measure(config: Config, iterations: int, worlds: list[int] | None) -> dict[
             for name, t in parts.items()
         },
         "returns_after_adaptation": [m["return/after_adaptation"] for m in per_iter],
-        "optimizer": config.optimizer,
+        "adapts": type(algorithm).label(config),  # context (CAML), all (MAML), rl2, pearl, ...
+        "details": algorithm.details(),
         "trpo_accepted": [m["trpo/accepted"] for m in per_iter] if "trpo/accepted" in per_iter[0] else None,
         "algorithm": config.algorithm,
     }

@@ -65,7 +65,7 @@ class MetaGradient(Algorithm):
             self.sampler.close()
 
     def details(self) -> dict[str, Any]:
-        return {"partition": list(self.partition)}
+        return {"partition": list(self.partition), "optimizer": self.setup.config.optimizer}
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.outer.state_dict() if self.outer is not None else None

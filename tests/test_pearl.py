@@ -392,7 +392,7 @@ def test_benchmark_reports_env_steps_and_gradient_steps_per_second(capsys):
     batch = ["--env", "navigation2d", "--tasks", "2", "--episodes", "2", "--horizon", "20", "--iterations", "1"]
     main(["benchmark", *batch, "--json", "--set", "algorithm=pearl", *(f"--set={s}" for s in SMALL)])
     result = json.loads(capsys.readouterr().out)
-    assert result["algorithm"] == "pearl"
+    assert result["algorithm"] == "pearl" and result["adapts"] == "pearl" and "optimizer" not in result["details"]
     # the first iteration also fills 6 tasks x 2 episodes; then 3 sampled tasks x (1 prior + 1 posterior) episodes
     assert result["env_steps_per_iteration"] == 6 * 2 * 20 + 3 * 2 * 20
     for key in ("sampler_steps_per_s", "iteration_steps_per_s", "fwdbwd_seconds", "gradient_steps_per_s"):
