@@ -136,3 +136,19 @@ def test_a_value_outside_its_declared_limit_is_refused_in_one_line():
     config.rl2.target_kl = 0.0
     with pytest.raises(ConfigError, match=r"^config key rl2.target_kl=0.0 is out of range; allowed: > 0 or null$"):
         config.validate()
+
+
+def test_committed_suites_load(monkeypatch):
+    """Every committed suite names configs that load and tasks that build, as `sweep` checks before
+    it starts anything (run from the repository root, where the suites' paths point)."""
+    from pathlib import Path
+
+    from caml_rl.sweep import load_suite
+
+    root = Path(__file__).parents[1]
+    suites = sorted((root / "experiments" / "suites").glob("*.yaml"))
+    assert len(suites) >= 10
+    monkeypatch.chdir(root)
+    for suite in suites:
+        _, runs = load_suite(suite)
+        assert runs, suite
