@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SB3 PPO baselines for the HalfCheetah velocity table (issue: ecosystem). Each command resumes
+# SB3 PPO baselines for the HalfCheetah velocity and direction tables. Each command resumes
 # from RUN_DIR/ppo_model.zip when interrupted and ends with the same evaluation as the meta-trained runs.
 #   ppo:        trained on random tasks without task information, fine-tuned at test time on all weights
 #   ppo_oracle: told the goal velocity in its observation (an upper line)
@@ -9,4 +9,9 @@ CONFIG=experiments/configs/halfcheetah_vel_ppo.yaml  # env, 100x100 ReLU policy,
 STEPS=${STEPS:-2000000}
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
+  --set torch_threads=1
+# HalfCheetah direction, the same protocol
+CONFIG=experiments/configs/halfcheetah_dir_ppo.yaml
+caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_dir/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
+caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_dir/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
   --set torch_threads=1
