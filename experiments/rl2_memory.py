@@ -27,6 +27,37 @@ from caml_rl.sampler import Sampler
 from caml_rl.seeding import EVAL_STREAM, make_streams
 
 
+def memory(run_dir: str, tasks: int, episodes: int, seed: int | None, windows: list[int]) -> dict:
+    """Per window ``w`` (and the whole episode): each episode's mean reward per step over its first
+    ``w`` steps, mean ± 95% half-width over tasks, and the paired difference episode 2 - episode 1."""
+    run = load_run(run_dir)
+    seed = run.config.seed if seed is None else seed
+    streams = make_streams(seed, EVAL_STREAM, run.device)
+    task_rows = sample_tasks(run.distribution, streams.tasks, tasks)
+    sampler = Sampler(run.distribution, len(task_rows), episodes, run.device)
+    try:
+        with torch.no_grad():
+            trial = sample_trials(sampler, run.policy, task_rows, run.config.rl2.episodes_per_trial, streams)
+    finally:
+        sampler.close()
+    horizon = trial[0].rewards.shape[0]
+    rows = {}
+    for w in [w for w in windows if w < horizon] + [horizon]:
+        # mean reward per step over the first w steps, per task (averaged over its trials)
+        per_episode = [(ep.rewards[:w] * ep.mask[:w]).sum(0).mean(-1).double().cpu().numpy() / w for ep in trial]
+        rows[str(w)] = {
+            "episodes": [mean_ci95(r) for r in per_episode],
+            "episode2_minus_episode1": mean_ci95(per_episode[1] - per_episode[0]),
+        }
+    return {
+        "run": str(run_dir),
+        "seed": seed,
+        "tasks": tasks,
+        "trials_per_task": episodes,
+        "mean_reward_per_step": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -36,34 +67,14 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 5, 20], help="first-step windows")
     parser.add_argument("--json")
     args = parser.parse_args()
-
-    run = load_run(args.run)
-    seed = run.config.seed if args.seed is None else args.seed
-    streams = make_streams(seed, EVAL_STREAM, run.device)
-    tasks = sample_tasks(run.distribution, streams.tasks, args.tasks)
-    sampler = Sampler(run.distribution, len(tasks), args.episodes, run.device)
-    try:
-        with torch.no_grad():
-            trial = sample_trials(sampler, run.policy, tasks, run.config.rl2.episodes_per_trial, streams)
-    finally:
-        sampler.close()
-    horizon = trial[0].rewards.shape[0]
-    windows = [w for w in args.windows if w < horizon] + [horizon]
-    rows = {}
-    for w in windows:
-        # mean reward per step over the first w steps, per task (averaged over its trials)
-        per_episode = [(ep.rewards[:w] * ep.mask[:w]).sum(0).mean(-1).double().cpu().numpy() / w for ep in trial]
-        rows[w] = {
-            "episodes": [mean_ci95(r) for r in per_episode],
-            "episode2_minus_episode1": mean_ci95(per_episode[1] - per_episode[0]),
-        }
-        cells = "  ".join(f"episode {k + 1} {m:8.3f} ± {h:.3f}" for k, (m, h) in enumerate(rows[w]["episodes"]))
-        m, h = rows[w]["episode2_minus_episode1"]
-        print(f"first {w:4d} steps, mean reward per step: {cells}  |  2 - 1: {m:+.3f} ± {h:.3f}")
+    result = memory(args.run, args.tasks, args.episodes, args.seed, args.windows)
+    for w, row in result["mean_reward_per_step"].items():
+        cells = "  ".join(f"episode {k + 1} {m:8.3f} ± {h:.3f}" for k, (m, h) in enumerate(row["episodes"]))
+        m, h = row["episode2_minus_episode1"]
+        print(f"first {int(w):4d} steps, mean reward per step: {cells}  |  2 - 1: {m:+.3f} ± {h:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"run": args.run, "seed": seed, "tasks": len(tasks), "trials_per_task": args.episodes,
-                       "mean_reward_per_step": {str(w): r for w, r in rows.items()}}, f, indent=1)  # fmt: skip
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The experiments/ scripts behind numbers quoted in experiments/README.md: paired_difference.py (TRPO vs
-ProMP paired over tasks), training_curve.py (training-curve tables) and seed_difference.py (methods over
-seed means)."""
+ProMP paired over tasks), training_curve.py (training-curve tables), seed_difference.py (methods over
+seed means) and rl2_memory.py (RL²'s reward at the start of each episode of a trial)."""
 
 import importlib.util
 import json
@@ -142,3 +142,18 @@ def test_paired_difference_names_a_damaged_evaluation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         paired.main([str(VELOCITY / "caml_seed0"), str(tmp_path)])
     assert "eval.json" in capsys.readouterr().err
+
+
+def test_rl2_memory_windows_add_up_to_the_evaluated_returns():
+    """rl2_memory samples trials on `evaluate`'s tasks and streams: its whole-episode mean reward per
+    step times the horizon is each episode's evaluated return, and a window's mean is over its steps."""
+    from caml_rl import load_run
+
+    run_dir = ROOT / "experiments" / "results" / "navigation" / "rl2_seed0"
+    result = load("rl2_memory").memory(str(run_dir), tasks=4, episodes=2, seed=3, windows=[5])
+    evaluated = load_run(run_dir).evaluate(tasks=4, episodes=2, steps=1, seed=3)
+    whole = result["mean_reward_per_step"]["100"]["episodes"]
+    assert [m * 100 for m, _ in whole] == pytest.approx(evaluated.returns, rel=1e-9)
+    first = result["mean_reward_per_step"]["5"]
+    assert first["episode2_minus_episode1"][0] == pytest.approx(first["episodes"][1][0] - first["episodes"][0][0])
+    assert set(result["mean_reward_per_step"]) == {"5", "100"}
