@@ -50,6 +50,9 @@ def committed(run: str) -> dict:
         "halfcheetah_dir_sweep/maml_lr1_seed0",
         "navigation/rl2_seed0",
         "navigation/rl2_seed1",
+        "navigation/rl2_seed2",
+        "halfcheetah_vel_scaled/rl2_seed0",
+        "halfcheetah_dir_scaled/rl2_seed0",
         "ant_dir_sweep/caml_lr30_seed0",
     ],
 )
