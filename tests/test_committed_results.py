@@ -52,6 +52,8 @@ def committed(run: str) -> dict:
         "navigation/rl2_seed1",
         "navigation/rl2_seed2",
         "halfcheetah_vel_scaled/rl2_seed0",
+        "halfcheetah_vel_scaled/rl2_seed1",
+        "halfcheetah_vel_scaled/rl2_seed2",
         "halfcheetah_dir_scaled/rl2_seed0",
         "ant_dir_sweep/caml_lr30_seed0",
     ],
