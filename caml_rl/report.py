@@ -18,6 +18,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, atomic_write_text, check_out_path, read_json, read_progress, read_yaml_mapping
 from .config import ConfigError
+from .config_loading import build_config
 from .evaluation import mean_ci95
 from .run_directory import first_mapping_difference
 from .visualize.curves import draw_returns, progress_column
@@ -69,8 +70,16 @@ def collect(run_dirs: list[str | Path], eval_name: str = "eval.json") -> list[Ru
 
 
 def _config_of(run_dir: Path) -> dict[str, object] | None:
+    """The run's settings with today's defaults filled in, so that a run recorded before a setting
+    existed compares equal to one that recorded its default (raw when it no longer builds)."""
     path = run_dir / "config.yaml"
-    return read_yaml_mapping(path, "run config") if path.is_file() else None
+    if not path.is_file():
+        return None
+    raw = read_yaml_mapping(path, "run config")
+    try:
+        return build_config(dict(raw)).to_dict()
+    except ConfigError:
+        return raw
 
 
 def check_comparable(g: RunGroup) -> None:

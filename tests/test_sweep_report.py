@@ -121,6 +121,12 @@ def test_report_rows_average_only_runs_that_differ_in_their_seed(suite, tmp_path
         (root / f"nav/caml_seed{seed}/eval_iter1.json").write_text((root / "nav/caml_seed1/eval.json").read_text())
     report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out, eval_name="eval_iter1.json")
     assert json.loads((out / "results.json").read_text())[0]["iterations"] == [1]
+    # a run recorded before a setting existed (no `plugins:` line) pools with one that recorded its default
+    config = root / "nav/caml_seed0/config.yaml"
+    assert "plugins: {}\n" in config.read_text()
+    config.write_text(config.read_text().replace("plugins: {}\n", ""))
+    report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out, eval_name="eval_iter1.json")
+    assert json.loads((out / "results.json").read_text())[0]["seeds"] == 2
     with pytest.raises(ConfigError, match="--eval '../x.json' must be a .json file name"):
         report([root / "nav/caml_seed0"], out, eval_name="../x.json")
 
