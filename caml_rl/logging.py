@@ -22,6 +22,15 @@ RENAMED_COLUMNS = {"trpo/backtracks": "trpo/line_search_evaluations"}
 """Old progress.csv column -> its current name (the value is the same quantity)."""
 
 
+class _SortedColumns(list):
+    """SB3 appends a row's new columns as a set (``keys() - self.keys``), whose order changes with
+    Python's string hashing from one process to the next; appending them sorted gives every run
+    the same column order."""
+
+    def extend(self, keys: Any) -> None:
+        super().extend(sorted(keys))
+
+
 class ResumableCSVOutputFormat(CSVOutputFormat):
     """SB3's CSV writer, but keeping the existing rows with ``iteration <= keep_until`` (columns
     with an old name renamed, so one column holds one quantity from the first row to the last).
@@ -43,6 +52,7 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
                 ]
         if not header:  # a new run (or a file without rows): SB3 starts it
             super().__init__(filename)
+            self.keys = _SortedColumns()
             return
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")  # SB3 ends its rows with \n too
@@ -51,7 +61,7 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
         atomic_write_text(path, text.getvalue())
         self.file = open(filename, "r+")  # what SB3's __init__ sets, without truncating the file
         self.file.seek(0, io.SEEK_END)
-        self.keys, self.separator, self.quotechar = header, ",", '"'
+        self.keys, self.separator, self.quotechar = _SortedColumns(header), ",", '"'
 
 
 def make_logger(run_dir: Path, keep_until: int | None = None) -> Logger:
