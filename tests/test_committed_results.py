@@ -55,6 +55,8 @@ def committed(run: str) -> dict:
         "halfcheetah_vel_scaled/rl2_seed1",
         "halfcheetah_vel_scaled/rl2_seed2",
         "halfcheetah_dir_scaled/rl2_seed0",
+        "navigation/pearl_seed0",
+        "navigation/pearl_seed1",
         "ant_dir_sweep/caml_lr30_seed0",
     ],
 )
