@@ -3,13 +3,13 @@
 On new navigation tasks PEARL's return stops rising after about three episodes seen. This script
 separates three causes on a run's checkpoint, on fresh tasks (goal ~ the run's distribution):
 
-- *exploration*: the first episode, z from the prior and deterministic actions as in evaluation. How
+- *exploration*: the first episode, z from the prior and mean actions (oyster's evaluation). How
   far does it move (mean |action| in [-1, 1] units), and how much of the goal does the posterior
   mean given that episode carry (held-out R² of a linear map from the posterior mean to the goal)?
 - *encoder*: the same R² for hand-made contexts of as many transitions: positions uniform over the
   goal square widened by 0.1 ("spread"), or within 0.1 of the goal ("near goal"), random actions,
   the task's reward. A high R² here and a low one above means the exploration, not the encoder.
-- *policy*: the return of one deterministic episode under each context's posterior mean, beside
+- *policy*: the return of one mean-action episode under each context's posterior mean, beside
   the exploration episode's. The policy is as good as its z when the near-goal return approaches
   what SAC reaches with the goal observed (experiments/README.md, "PEARL on 2D navigation").
 
