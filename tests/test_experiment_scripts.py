@@ -195,3 +195,20 @@ def test_navigation_goal_observed_adds_the_goal_to_the_observation_and_keeps_the
     (o1, r1, d1), (o2, r2, d2) = plain.step(action), observed.step(action)
     assert torch.equal(o2[:, :2], o1) and torch.equal(r2, r1) and torch.equal(d2, d1)
     assert module.NavigationGoalObserved().observation_space.shape == (4,)
+
+
+def test_video_panel_keeps_every_nth_frame_scaled(tmp_path):
+    import imageio.v3 as iio
+    from PIL import Image
+
+    frames = np.zeros((6, 40, 80, 3), dtype=np.uint8)
+    for i in range(6):
+        frames[i, :, i * 10 : i * 10 + 10] = 255  # a white bar that moves right
+    iio.imwrite(tmp_path / "in.gif", frames)
+    n, size = load("video_panel").panel(str(tmp_path / "in.gif"), str(tmp_path / "out.gif"), every=2, scale=0.5, fps=5)
+    assert (n, size) == (3, (40, 20))
+    with Image.open(tmp_path / "out.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (40, 20)
+        gif.seek(2)
+        bright = np.flatnonzero(np.asarray(gif.convert("L"))[10] > 128)
+        assert bright.min() >= 18 and bright.max() <= 27  # frame 4's bar, columns 40-49 halved
