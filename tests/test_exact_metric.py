@@ -121,9 +121,10 @@ def test_headline_steps_equal_the_reference_over_five_iterations(method, tmp_pat
         if ref.accepted:
             accepted += 1
             # float32: the products differ in their last bits (~1e-7) and 10 CG iterations carry that into
-            # the direction; measured at most 5.3e-7 (KL), 7.7e-7 (improvement) and 9.6e-7 (the step's
-            # relative change), 0 in 4 of the 10 iterations
-            assert new.kl == pytest.approx(ref.kl, rel=1e-5)
-            assert new.improvement == pytest.approx(ref.improvement, rel=1e-5)
-            assert float((new_step - ref_step).norm() / ref_step.norm()) < 1e-5
+            # the direction, by an amount that depends on the CPU's kernels. Measured at most (KL, improvement,
+            # the step's relative change): 5.3e-7, 7.7e-7, 9.6e-7 on an Intel Xeon; 2.2e-5, 3.8e-6, 1.0e-4 on
+            # an AMD EPYC (MAML's fourth iteration). The bounds leave 45x, 260x and 100x of the latter.
+            assert new.kl == pytest.approx(ref.kl, rel=1e-3)
+            assert new.improvement == pytest.approx(ref.improvement, rel=1e-3)
+            assert float((new_step - ref_step).norm() / ref_step.norm()) < 1e-2
     assert accepted >= 3  # the comparison covers real steps
