@@ -57,6 +57,7 @@ def committed(run: str) -> dict:
         "halfcheetah_dir_scaled/rl2_seed0",
         "navigation/pearl_seed0",
         "navigation/pearl_seed1",
+        "navigation/pearl_seed2",
         "ant_dir_sweep/caml_lr30_seed0",
     ],
 )
