@@ -19,6 +19,7 @@ from caml_rl.visualize import (
     sample_eval_tasks,
     visualize,
 )
+from caml_rl.visualize.embedding import principal_correlations
 
 NAV = [
     "meta_batch_size=4",
@@ -76,7 +77,16 @@ def test_navigation_and_embedding(nav_run, tmp_path):
     for path in paths:
         assert_png(path)
     emb = plot_context_embedding(run, out=tmp_path / "emb.png", num_tasks=6, episodes=3)
-    assert_png(emb)
+    assert_png(emb, min_width=1500)  # one panel per task parameter: goal_x and goal_y side by side
+
+
+def test_principal_correlations_by_hand():
+    pcs = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    tasks = np.array([[10.0, 5.0], [20.0, 5.0], [30.0, 5.0]])  # the second parameter is fixed
+    corr = principal_correlations(pcs, tasks)
+    assert corr[0, 0] == pytest.approx(1.0)
+    assert corr[0, 1] == pytest.approx(0.0, abs=1e-12)  # (1, 2, 3) against (0, 1, 0)
+    assert np.isnan(corr[1]).all()
 
 
 def test_cli_with_a_given_task(nav_run, tmp_path, capsys):
