@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SB3 PPO baselines for the HalfCheetah velocity and direction tables. Each command resumes
+# SB3 PPO baselines for the HalfCheetah velocity and direction tables and ant_dir. Each command resumes
 # from RUN_DIR/ppo_model.zip when interrupted and ends with the same evaluation as the meta-trained runs.
 #   ppo:        trained on random tasks without task information, fine-tuned at test time on all weights
 #   ppo_oracle: told the goal velocity in its observation (an upper line)
@@ -14,4 +14,10 @@ caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_vel/ppo_oracle_
 CONFIG=experiments/configs/halfcheetah_dir_ppo.yaml
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_dir/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
 caml-rl baseline "$CONFIG" --out experiments/results/halfcheetah_dir/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
+  --set torch_threads=1
+# Ant direction (issue 32): the meta-learners' task settings (actions / 10), MAML's Ant actor (64x64 tanh) and its
+# test-time protocol (all weights, inner lr 1)
+CONFIG=experiments/configs/ant_dir_ppo.yaml
+caml-rl baseline "$CONFIG" --out experiments/results/ant_dir/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
+caml-rl baseline "$CONFIG" --out experiments/results/ant_dir/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
   --set torch_threads=1
