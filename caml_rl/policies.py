@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.nn import functional as F
 
 from .config import PolicyConfig
 
@@ -119,8 +120,14 @@ class ContextMLPPolicy(ActionHead, nn.Module):
         Returns ``(mean, log_std)`` for a Gaussian head or ``(logits,)`` for a categorical one.
         """
         if self.context_size:
-            obs = torch.cat([obs, context.expand(*obs.shape[:-1], self.context_size)], dim=-1)
-        out = self.mlp(obs)
+            # The first layer on [obs, context], split: the context's share is computed once per
+            # context (per task) and broadcast over that task's steps, instead of once per step.
+            # Same values as the concatenation up to float rounding; a CAML update costs 13% less (docs/speed.md).
+            first = self.mlp[0]
+            hidden = F.linear(obs, first.weight[:, : self.obs_dim], first.bias)
+            out = self.mlp[1:](hidden + F.linear(context, first.weight[:, self.obs_dim :]))
+        else:
+            out = self.mlp(obs)
         if self.discrete:
             return (out,)
         return out, self.log_std.clamp(min=self.min_log_std).expand_as(out)

@@ -31,6 +31,10 @@ HEADLINE_STEPS_TOLERANCE = 1.0
 # comparisons one test run makes (Bonferroni: z(1 - 0.05/200) / z(0.975) = 3.48 / 1.96), so that
 # the whole family passes 95% of the time: sqrt(2) x 1.78 = 2.5. Seen on a second CPU: at most 1.13.
 LATER_STEPS_TOLERANCE = 2.5
+# caml-rl's own order of float operations, which an evaluation's bits depend on as much as the libraries':
+# raised when a change rounds differently, so that files written before it are held to the tolerance.
+# 2: the policy's first layer takes obs and context separately (caml_rl/policies.py).
+NUMERICS = 2
 _SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile")
 
 
@@ -63,7 +67,8 @@ def _cpu() -> dict[str, Any]:
 
 
 def machine_record(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """What an evaluation's rounding depends on: the CPU (or GPU) and the numeric libraries."""
+    """What an evaluation's rounding depends on: the CPU (or GPU), the numeric libraries and
+    caml-rl's own order of operations (:data:`NUMERICS`)."""
     import mujoco
     import numpy
 
@@ -78,6 +83,7 @@ def machine_record(device: torch.device | str = "cpu") -> dict[str, Any]:
             "torch": torch.__version__,
             "numpy": numpy.__version__,
             "mujoco": mujoco.__version__,
+            "caml_rl_numerics": NUMERICS,
         },
     }
     return record

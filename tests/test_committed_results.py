@@ -14,7 +14,7 @@ import pytest
 
 from caml_rl import load_run
 from caml_rl.cli import main
-from caml_rl.reproduction import disagreements, machine_difference, machine_record
+from caml_rl.reproduction import NUMERICS, disagreements, machine_difference, machine_record
 
 RESULTS = Path(__file__).parents[1] / "experiments" / "results"
 
@@ -110,6 +110,11 @@ def test_same_machine_means_bit_identical(tmp_path):
         machine_difference(newer["machine"], machine_record())
         == f"torch 0.1 -> {first['machine']['versions']['torch']}"
     )
+    # a file from before caml-rl's last change of rounding (no or another numerics revision): the tolerance
+    older = {**first, "machine": {**first["machine"], "versions": {**first["machine"]["versions"]}}}
+    del older["machine"]["versions"]["caml_rl_numerics"]
+    assert machine_difference(older["machine"], machine_record()) == f"caml_rl_numerics ? -> {NUMERICS}"
+    assert disagreements({**nudged, "machine": older["machine"]}, again) == []
 
 
 def test_evaluate_says_when_the_committed_file_comes_from_another_machine(tmp_path, capsys):

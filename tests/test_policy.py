@@ -16,6 +16,24 @@ def test_context_changes_the_output_and_is_concatenated_at_input():
     assert p.mlp[0].in_features == 2 + 3
 
 
+def test_split_first_layer_is_the_concatenated_input_layer():
+    """The policy applies its first layer to obs and context separately (the context's share once per
+    task); values and every gradient are those of the layer on ``cat([obs, context])``."""
+    p = tiny_policy(context_size=3)
+    obs = torch.randn(5, 4, 6, 2, dtype=torch.float64)  # [T, tasks, episodes, obs]
+    context = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    mean = p(obs, context[:, None, :])[0]
+    ref_in = torch.cat([obs, context[:, None, :].expand(5, 4, 6, 3)], dim=-1)
+    ref = p.mlp(ref_in)
+    torch.testing.assert_close(mean, ref)  # float64: another summation order, ~1e-16 relative
+    params = [context, *p.parameters()]
+    grads = torch.autograd.grad(mean.square().sum(), params, allow_unused=True)
+    ref_grads = torch.autograd.grad(ref.square().sum(), params, allow_unused=True)
+    for g, r in zip(grads[:-1], ref_grads[:-1]):  # the last is log_std, which the mean does not use
+        torch.testing.assert_close(g, r)
+    assert grads[0].abs().max() > 0.1  # the context's gradient is O(1), not vanishing
+
+
 def test_joint_log_prob_sums_over_action_dims():
     p = tiny_policy()
     params = p(torch.randn(5, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
