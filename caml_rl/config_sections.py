@@ -202,6 +202,9 @@ class PEARLConfig(Section, prefix="pearl."):
     """Weight of the mean squared pre-tanh action mean in the policy loss (rlkit's policy_mean_reg_weight)."""
     policy_std_reg: float = limited(1e-3, ">= 0")
     """Weight of the mean squared action log-std in the policy loss (rlkit's policy_std_reg_weight)."""
+    use_next_obs_in_context: bool = False
+    """Transitions in the context also hold the next observation, ``(s, a, r, s')`` instead of ``(s, a, r)``
+    (oyster's ``use_next_obs_in_context``, off by default; on where the reward says little without ``s'``)."""
     exploration_episodes: int = limited(1, ">= 1")
     """At test time, episodes run with z drawn from the prior before posterior sampling starts (oyster's
     num_exp_traj_eval: 1; 2 for the cheetah tasks)."""

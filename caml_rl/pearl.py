@@ -46,7 +46,7 @@ from .checkpoint import checkpoint_path
 from .config import Config, ConfigError
 from .episodes import Episodes
 from .memory import machine_memory
-from .pearl_buffers import FinalObservation, TaskBuffers, load_buffers, save_buffers, transitions
+from .pearl_buffers import NextObservations, TaskBuffers, load_buffers, save_buffers, transitions
 from .pearl_nets import (
     LatentActor,
     PEARLAgent,
@@ -119,7 +119,7 @@ class PEARL(Algorithm):
         self.v_adam = torch.optim.Adam(self.vf.parameters(), lr=cfg.vf_lr)
         self.policy_adam = torch.optim.Adam(policy.actor.parameters(), lr=cfg.policy_lr)
         self.train_steps = 0
-        self.samplers: dict[tuple[int, int], tuple[Sampler, FinalObservation]] = {}
+        self.samplers: dict[tuple[int, int], tuple[Sampler, NextObservations]] = {}
         self.sampler: Sampler | None = None  # the last collection phase's (caml-rl benchmark reads its env)
 
     @staticmethod
@@ -133,7 +133,14 @@ class PEARL(Algorithm):
             )
         cfg = config.pearl
         obs_dim = int(math.prod(observation_space.shape or (1,)))
-        return PEARLAgent(obs_dim, action_space, cfg.latent_size, cfg.hidden_sizes, cfg.encoder_hidden_sizes)
+        return PEARLAgent(
+            obs_dim,
+            action_space,
+            cfg.latent_size,
+            cfg.hidden_sizes,
+            cfg.encoder_hidden_sizes,
+            cfg.use_next_obs_in_context,
+        )
 
     @classmethod
     def label(cls, config: Config) -> str:
@@ -143,9 +150,9 @@ class PEARL(Algorithm):
         return {"adapts": "latent context z (inferred)", "train_tasks": self.cfg.n_train_tasks}
 
     # ---------------------------------------------------------------- samplers and collection
-    def sampler_for(self, tasks: int, episodes: int) -> tuple[Sampler, FinalObservation]:
+    def sampler_for(self, tasks: int, episodes: int) -> tuple[Sampler, NextObservations]:
         if (tasks, episodes) not in self.samplers:
-            hook = FinalObservation(self.horizon)
+            hook = NextObservations()
             sampler = Sampler(self.setup.distribution, tasks, episodes, self.device, hook=hook)
             self.samplers[(tasks, episodes)] = (sampler, hook)
         return self.samplers[(tasks, episodes)]
@@ -171,7 +178,7 @@ class PEARL(Algorithm):
         """One z per episode of each slot's task, from q(z | c) with c a fresh draw of its encoder buffer."""
         tasks = slots.repeat_interleave(episodes)
         c = self.encoder_buffer.sample(tasks, self.cfg.embedding_batch_size, self.setup.streams.actions)
-        mu, var = self.policy.posterior(self.policy.context(c["obs"], c["actions"], c["rewards"]))
+        mu, var = self.policy.posterior(self.policy.context(c["obs"], c["actions"], c["rewards"], c["next_obs"]))
         noise = self.prior_z((len(tasks),))
         return (mu + var.sqrt() * noise).view(len(slots), episodes, -1)
 
@@ -185,7 +192,7 @@ class PEARL(Algorithm):
         actor = LatentActor(self.policy, z)
         rows = self.train_tasks[slots.cpu().numpy()]
         ep = sampler.sample(self.policy, rows, {}, streams.env, streams.actions, deterministic, actor=actor)
-        batch, valid = transitions(self.policy, ep, hook.obs)
+        batch, valid = transitions(self.policy, ep, hook.of(ep))
         return ep, batch, valid
 
     def initial_collection(self) -> int:
@@ -224,7 +231,7 @@ class PEARL(Algorithm):
         tasks = torch.randint(cfg.n_train_tasks, (cfg.meta_batch,), generator=g, device=g.device).to(self.device)
         batch = self.rl.sample(tasks, cfg.batch_size, g)
         c = self.encoder_buffer.sample(tasks, cfg.embedding_batch_size, g)
-        return batch, self.policy.context(c["obs"], c["actions"], c["rewards"])
+        return batch, self.policy.context(c["obs"], c["actions"], c["rewards"], c["next_obs"])
 
     def train_step(self) -> torch.Tensor:
         """oyster's ``_take_step`` on a whole meta-batch: the Q networks and the encoder (Bellman error
@@ -379,7 +386,7 @@ class PEARL(Algorithm):
         then from q(z | every transition of the trial so far). ``inner_lr`` is not used."""
         agent: PEARLAgent = run.policy
         cfg, device, g = run.config.pearl, run.device, streams.actions
-        hook = FinalObservation(run.distribution.horizon)
+        hook = NextObservations()
         sampler = Sampler(run.distribution, len(tasks), episodes, device, hook=hook)
         contexts, masks, returns, success = [], [], [], []
         try:
@@ -393,7 +400,8 @@ class PEARL(Algorithm):
                         z = mu + var.sqrt() * z
                     ep = sampler.sample(agent, tasks, {}, streams.env, g, False, actor=LatentActor(agent, z))
                     move = lambda x: x.movedim(0, 2)  # noqa: E731  [T, t, e, ...] -> [t, e, T, ...]
-                    contexts.append(agent.context(move(ep.obs), move(agent.from_env(ep.actions)), move(ep.rewards)))
+                    actions, next_obs = move(agent.from_env(ep.actions)), move(hook.of(ep))
+                    contexts.append(agent.context(move(ep.obs), actions, move(ep.rewards), next_obs))
                     masks.append(move(ep.mask))
                     returns.append(ep.task_returns().cpu().double().numpy())
                     if ep.success is not None:

@@ -22,30 +22,37 @@ from .pearl_nets import PEARLAgent
 FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals")
 
 
-class FinalObservation:
-    """A sampler hook keeping the observation after the horizon's last step (the next state of the
-    last transition, which the episode buffers do not hold)."""
+class NextObservations:
+    """A sampler hook keeping every step's next observation: the next state of each transition,
+    including an episode's last one (after the horizon, or where the episode ended early), which the
+    episode buffers do not hold (they are zero after an episode ends)."""
 
-    def __init__(self, horizon: int):
-        self.horizon, self.steps, self.obs = horizon, 0, None
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
 
     def on_reset(self, env: Any, obs: torch.Tensor) -> None:
-        self.steps, self.obs = 0, None
+        self.steps = []
 
     def on_step(self, env: Any, obs: torch.Tensor) -> None:
-        self.steps += 1
-        if self.steps == self.horizon:
-            self.obs = obs
+        self.steps.append(obs.clone())  # an env may hand out the same buffer every step
+
+    def of(self, ep: Episodes) -> torch.Tensor:
+        """The episodes' next observations ``[T, tasks, episodes, obs]``, zero where no step was taken."""
+        out = torch.zeros_like(ep.obs)
+        if self.steps:
+            out[: len(self.steps)] = torch.stack(self.steps).to(out.device).view(len(self.steps), *out.shape[1:])
+        return out * ep.mask[..., None]
 
 
-def transitions(agent: PEARLAgent, ep: Episodes, final_obs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+def transitions(agent: PEARLAgent, ep: Episodes, next_obs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
     """Episodes ``[T, tasks, episodes, ...]`` as per-task transition rows ``[tasks, episodes x T, ...]``
     (episode by episode) and which of them happened. A transition is terminal when its episode
-    ended at it before the horizon."""
+    ended at it before the horizon. ``next_obs``: :meth:`NextObservations.of` (without it, the next
+    step's observation, and zero after an episode's last step)."""
     mask = ep.mask
     horizon, n_t, n_e = mask.shape
-    last = final_obs.to(ep.obs.device).view(1, n_t, n_e, -1) if final_obs is not None else ep.obs[-1:] * 0
-    next_obs = torch.cat([ep.obs[1:], last])
+    if next_obs is None:
+        next_obs = torch.cat([ep.obs[1:], ep.obs[-1:] * 0])
     ended = mask * (1.0 - torch.cat([mask[1:], torch.zeros_like(mask[:1])]))
     ended[-1] = 0.0  # the horizon truncates; it does not terminate
 

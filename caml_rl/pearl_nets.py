@@ -141,10 +141,13 @@ class PEARLAgent(ActionHead, nn.Module):
         latent_size: int,
         hidden_sizes: list[int],
         encoder_hidden_sizes: list[int],
+        next_obs_in_context: bool = False,
     ):
         super().__init__()
         self.obs_dim, self.act_dim, self.latent_size = obs_dim, int(action_space.shape[0]), latent_size
-        self.context_size = obs_dim + self.act_dim + 1  # (s, a, r): oyster's default, no next state
+        self.next_obs_in_context = next_obs_in_context
+        # (s, a, r), oyster's default, or (s, a, r, s') with its use_next_obs_in_context
+        self.context_size = obs_dim + self.act_dim + 1 + (obs_dim if next_obs_in_context else 0)
         self.encoder = StackedMLP(1, [self.context_size, *encoder_hidden_sizes, 2 * latent_size], 3e-3)
         self.actor = StackedMLP(1, [obs_dim + latent_size, *hidden_sizes, 2 * self.act_dim], 1e-3)
         low = torch.as_tensor(np.asarray(action_space.low, dtype=np.float32))
@@ -163,9 +166,13 @@ class PEARLAgent(ActionHead, nn.Module):
         """``q(z | c) = prod_n N(mu_n, var_n)``: its ``(mean, variance) [..., latent]``."""
         return product_of_gaussians(*self.factors(context), mask)
 
-    def context(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """Transitions as the encoder reads them: ``[obs, action in [-1, 1], reward]``."""
-        return torch.cat([obs, actions, rewards[..., None]], -1)
+    def context(
+        self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor
+    ) -> torch.Tensor:
+        """Transitions as the encoder reads them: ``[obs, action in [-1, 1], reward]``, then ``next_obs``
+        if the agent was built with ``next_obs_in_context``."""
+        parts = [obs, actions, rewards[..., None]] + ([next_obs] if self.next_obs_in_context else [])
+        return torch.cat(parts, -1)
 
     # ---------------------------------------------------------------- the policy
     def actor_params(self, obs: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

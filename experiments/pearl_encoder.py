@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from caml_rl import load_run
-from caml_rl.pearl import FinalObservation
+from caml_rl.pearl import NextObservations
 from caml_rl.pearl_nets import LatentActor
 from caml_rl.sampler import Sampler
 
@@ -47,7 +47,8 @@ def diagnose(run_dir: str, tasks: int, seed: int) -> dict:
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     goals = dist.sample_tasks(rng, tasks)
     goal = torch.as_tensor(goals, dtype=torch.float32)
-    sampler = Sampler(dist, tasks, 1, run.device, hook=FinalObservation(dist.horizon))
+    hook = NextObservations()
+    sampler = Sampler(dist, tasks, 1, run.device, hook=hook)
 
     def episode(z: torch.Tensor):
         return sampler.sample(agent, goals, {}, rng, g, True, actor=LatentActor(agent, z[:, None]))
@@ -59,7 +60,8 @@ def diagnose(run_dir: str, tasks: int, seed: int) -> dict:
             move = lambda x: x.movedim(0, 2)[:, 0]  # noqa: E731  [T, tasks, 1, ...] -> [tasks, T, ...]
             actions = agent.from_env(move(first.actions))
             mask = move(first.mask)
-            mu, var = agent.posterior(agent.context(move(first.obs), actions, move(first.rewards)), mask)
+            context = agent.context(move(first.obs), actions, move(first.rewards), move(hook.of(first)))
+            mu, var = agent.posterior(context, mask)
             valid = mask.bool()
             out["exploration"] = {
                 "return": float(first.task_returns().mean()),
@@ -75,8 +77,9 @@ def diagnose(run_dir: str, tasks: int, seed: int) -> dict:
                 ("near_goal", goal[:, None] + (torch.rand(tasks, n, 2, generator=g) * 2 - 1) * 0.1),
             ):
                 a = torch.rand(tasks, n, 2, generator=g) * 2 - 1
-                reward = -torch.linalg.vector_norm(pos + agent.to_env(a) - goal[:, None], dim=-1)
-                mu, var = agent.posterior(agent.context(pos, a, reward))
+                next_pos = pos + agent.to_env(a)
+                reward = -torch.linalg.vector_norm(next_pos - goal[:, None], dim=-1)
+                mu, var = agent.posterior(agent.context(pos, a, reward, next_pos))
                 out[name] = {
                     "r2": held_out_r2(mu.numpy(), goals),
                     "posterior_variance": float(var.mean()),

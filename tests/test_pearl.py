@@ -12,7 +12,7 @@ from torch.distributions.transforms import TanhTransform
 from caml_rl import ConfigError, Trainer, load_run
 from caml_rl.config import load_config
 from caml_rl.pearl import transitions
-from caml_rl.pearl_buffers import TaskBuffers
+from caml_rl.pearl_buffers import NextObservations, TaskBuffers
 from caml_rl.pearl_nets import (
     PEARLAgent,
     StackedMLP,
@@ -182,7 +182,8 @@ def test_buffer_state_round_trip_is_exact_and_checked():
 
 def test_transitions_next_state_terminal_and_padding():
     """An episode that ends early: its last transition is terminal and nothing after it is valid; one that
-    runs the horizon is truncated (not terminal) and its next state is the observation after the last step."""
+    runs the horizon is truncated (not terminal) and its next state is the observation after the last step.
+    The hook's next observations give each transition's true next state, the early end's included."""
     from caml_rl.episodes import Episodes
 
     space = gym.spaces.Box(-1.0, 1.0, (1,))
@@ -191,11 +192,17 @@ def test_transitions_next_state_terminal_and_padding():
     obs[:, 0, 1] += 10
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]]).view(3, 1, 2)
     ep = Episodes(obs * mask[..., None], torch.zeros(3, 1, 2, 1), torch.ones(3, 1, 2) * mask, mask)
-    batch, valid = transitions(agent, ep, torch.tensor([[99.0], [13.0]]))
-    assert valid.tolist() == [[True, True, False, True, True, True]]
-    assert batch["terminals"].tolist() == [[0, 1, 0, 0, 0, 0]]
-    next_obs = batch["next_obs"][0, :, 0].tolist()
-    assert next_obs[:2] == [1.0, 0.0] and next_obs[3:] == [11, 12, 13]
+    hook = NextObservations()
+    hook.on_reset(None, obs[0, 0])
+    for step in ([1.0, 11.0], [7.0, 12.0], [8.0, 13.0]):  # env 0 ended at 7 (its episode buffer holds 0 there)
+        hook.on_step(None, torch.tensor(step).view(2, 1))
+    for next_obs, expected in ((None, [1.0, 0.0]), (hook.of(ep), [1.0, 7.0])):
+        batch, valid = transitions(agent, ep, next_obs)
+        assert valid.tolist() == [[True, True, False, True, True, True]]
+        assert batch["terminals"].tolist() == [[0, 1, 0, 0, 0, 0]]
+        got = batch["next_obs"][0, :, 0].tolist()
+        assert got[:2] == expected and got[2] == 0.0
+    assert got[3:] == [11, 12, 13]
 
 
 # ---------------------------------------------------------------- the algorithm in the trainer
@@ -284,6 +291,34 @@ def test_resume_is_bit_identical(tmp_path):
         a, b = getattr(full.algorithm, which).state(), getattr(resumed.algorithm, which).state()
         assert all(torch.equal(a[k], b[k]) for k in a), which
     assert sorted(p.name for p in (tmp_path / "full" / "buffers").iterdir()) == ["iter_000002.pt"]  # older pruned
+
+
+def test_next_observation_in_the_context(tmp_path):
+    """``use_next_obs_in_context`` (oyster's option): the encoder reads ``(s, a, r, s')``, with each transition's
+    true next state, in training (from the buffers) and at test time (from the sampler's hook)."""
+    space = gym.spaces.Box(-1.0, 1.0, (1,))
+    plain, with_next = PEARLAgent(2, space, 3, [4], [4]), PEARLAgent(2, space, 3, [4], [4], next_obs_in_context=True)
+    obs, act, rew, nxt = torch.zeros(5, 2), torch.ones(5, 1), torch.full((5,), 2.0), torch.full((5, 2), 3.0)
+    assert plain.context(obs, act, rew, nxt).shape == (5, 4) and plain.encoder.weights[0].shape[1] == 4
+    assert with_next.context(obs, act, rew, nxt)[:, 4:].eq(3.0).all() and with_next.encoder.weights[0].shape[1] == 6
+    trainer = Trainer(small_pearl("iterations=1", "pearl.use_next_obs_in_context=true"), tmp_path / "run")
+    seen = []
+    context = trainer.policy.context
+
+    def spy(obs, actions, rewards, next_obs):
+        seen.append((obs, actions, next_obs))
+        return context(obs, actions, rewards, next_obs)
+
+    trainer.policy.context = spy
+    trainer.train(evaluate_at_end=True, quiet=True)
+    assert (tmp_path / "run" / "eval.json").is_file()
+    assert {o.dim() for o, _, _ in seen} == {
+        3,
+        4,
+    }  # training's [tasks, n, in] and the evaluation's [tasks, episodes, T, in]
+    for obs, actions, next_obs in seen:  # navigation moves by the action: s' = s + a in every transition
+        torch.testing.assert_close(next_obs, obs + trainer.policy.to_env(actions), rtol=0, atol=1e-5)
+    assert any(bool((o.norm(dim=-1) > 0.15).any()) for o, _, _ in seen)  # s' = 0 would not pass: agents move away
 
 
 def test_resume_without_buffers_is_one_line(tmp_path):
