@@ -256,7 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         why = machine_difference(committed.get("machine"), machine_record(run.device))
         if why:
             print(
-                f"note: {committed_file} comes from another machine or library versions ({why}); "
+                f"note: {committed_file} comes from another machine, library versions or caml-rl rounding ({why}); "
                 "a re-evaluation agrees with it statistically, not bit for bit"
             )
     result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
