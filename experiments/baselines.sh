@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SB3 PPO baselines for the HalfCheetah velocity and direction tables and ant_dir. Each command resumes
+# SB3 PPO baselines for the HalfCheetah velocity, direction and dynamics tables, ant_dir and ant_goal. Each command resumes
 # from RUN_DIR/ppo_model.zip when interrupted and ends with the same evaluation as the meta-trained runs.
 #   ppo:        trained on random tasks without task information, fine-tuned at test time on all weights
 #   ppo_oracle: told the goal velocity in its observation (an upper line)
@@ -21,3 +21,10 @@ CONFIG=experiments/configs/ant_dir_ppo.yaml
 caml-rl baseline "$CONFIG" --out experiments/results/ant_dir/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
 caml-rl baseline "$CONFIG" --out experiments/results/ant_dir/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
   --set torch_threads=1
+# Ant goal and HalfCheetah dynamics (issue 32): the same protocol, MAML's actor and inner lr on each task
+for TASK in ant_goal halfcheetah_dynamics; do
+  CONFIG=experiments/configs/${TASK}_ppo.yaml
+  caml-rl baseline "$CONFIG" --out experiments/results/$TASK/ppo_seed0 --timesteps "$STEPS" --set torch_threads=1
+  caml-rl baseline "$CONFIG" --out experiments/results/$TASK/ppo_oracle_seed0 --timesteps "$STEPS" --oracle \
+    --set torch_threads=1
+done
