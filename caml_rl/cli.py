@@ -29,6 +29,10 @@ AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 SEED = (lambda v: 0 <= v < 2**63, "an integer >= 0")
 BENCHMARK_BATCH = {"env": "halfcheetah_vel", "tasks": 40, "episodes": 20, "horizon": 200, "method": "caml"}
 SET_HELP = "override a config key, e.g. --set adaptation.inner_lr=0.5 (repeatable)"
+TASK_SET_HELP = (
+    "change a task setting from the trained one, e.g. --set env.settings.goal_norm=1 (repeatable; recorded in the "
+    "output; the observation and action sizes must stay)"
+)
 
 
 def check_ranges(args: argparse.Namespace, **rules: tuple[Callable[[Any], bool], str]) -> None:
@@ -62,6 +66,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the test tasks (default: the run's seed)")
     p.add_argument("--inner-lr", type=float, help="inner step size (default: the run's)")
     p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
+    p.add_argument("--set", dest="task_settings", action="append", default=[], metavar="KEY=VALUE", help=TASK_SET_HELP)
     p.add_argument("--out", help="where to write the JSON (default: RUN_DIR/eval.json, only if the run has none yet)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
@@ -249,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"{str(out)!r} exists ({which}); give --out FILE for this evaluation, or --overwrite to replace it"
         )
-    run = load_run(args.run_dir, args.checkpoint)
+    run = load_run(args.run_dir, args.checkpoint, args.task_settings)
     committed_file = Path(args.run_dir) / "eval.json"
     committed = _readable_eval(committed_file)
     if committed is not None:
@@ -261,9 +266,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             )
     result = run.evaluate(args.tasks, args.steps, args.episodes, args.seed, args.inner_lr)
     atomic_write_json(out, result.to_dict())
+    changed = f", task settings changed: {result.task_settings}" if result.task_settings else ""
     print(
         f"{result.env} (adapt={result.adapt}), iteration {result.iteration}, {result.num_tasks} new tasks "
-        f"x {result.episodes_per_task} episodes, seed {result.seed}:"
+        f"x {result.episodes_per_task} episodes, seed {result.seed}{changed}:"
     )
     print(result.table())
     print(f"wrote {out}")
@@ -316,6 +322,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help="seed of the test tasks and episodes (default: the run's seed)")
     p.add_argument("--checkpoint", help="a specific checkpoint file (default: the newest)")
+    p.add_argument("--set", dest="task_settings", action="append", default=[], metavar="KEY=VALUE", help=TASK_SET_HELP)
 
 
 def parse_task(items: list[str], names: tuple[str, ...], env: str) -> list[float]:
@@ -354,7 +361,7 @@ def cmd_visualize(args: argparse.Namespace) -> list[Path]:
     check_ranges(args, tasks=AT_LEAST_1, episodes=AT_LEAST_1, steps=steps, seed=SEED)
     if args.out:
         check_out_path(args.out, "--out", folder=True)
-    run = load_run(args.run_dir, args.checkpoint)
+    run = load_run(args.run_dir, args.checkpoint, args.task_settings)
     task = parse_task(args.task, run.distribution.task_names, run.config.env.name) if args.task else None
     paths = visualize(
         run,

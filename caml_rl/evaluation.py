@@ -74,6 +74,8 @@ class EvalResult:
     # the CPU/GPU and library versions that reproduce these numbers bit for bit (caml_rl.reproduction)
     machine: dict = field(default_factory=dict)
     policy_sha256: str = ""  # the evaluated weights, so a swapped checkpoint shows on any machine
+    # task settings changed from the trained ones (``caml-rl evaluate --set env.settings.KEY=VALUE``)
+    task_settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,4 +151,5 @@ def evaluate(
         episodes_seen=curve.episodes_seen,
         machine=machine_record(run.device),
         policy_sha256=policy_digest(run.policy),
+        task_settings=run.task_settings,
     )

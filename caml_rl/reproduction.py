@@ -115,7 +115,7 @@ def policy_digest(policy: torch.nn.Module) -> str:
 
 
 # an evaluation reproduces another only with the same checkpoint, test tasks and adaptation settings
-SAME_SETTINGS = ("env", "adapt", "iteration", "num_tasks", "episodes_per_task", "inner_lr", "seed")
+SAME_SETTINGS = ("env", "task_settings", "adapt", "iteration", "num_tasks", "episodes_per_task", "inner_lr", "seed")
 
 
 def settings_difference(committed: dict[str, Any], result: dict[str, Any]) -> str | None:

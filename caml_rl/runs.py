@@ -18,6 +18,7 @@ from caml_rl.envs.actions import clip_bounds
 from .algorithm import algorithm_class
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, make_distribution
+from .config_loading import apply_overrides, build_config
 from .evaluation import EvalResult, adaptation_steps, evaluate
 from .memory import check_memory
 from .partition import FastWeights, policy_forward
@@ -47,6 +48,8 @@ class LoadedRun:
     iteration: int
     run_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    task_settings: dict[str, Any] = field(default_factory=dict)
+    """Task settings changed from the trained ones for this evaluation (``load_run``'s ``task_settings``)."""
 
     @property
     def test_inner_lr(self) -> float:
@@ -165,17 +168,56 @@ class AdaptedPolicy:
         return (action[0] if single else action), None
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
-    """Load a run directory's newest checkpoint (or the given one) on the CPU."""
+TASK_SETTING = "env.settings."
+
+
+def with_task_settings(config: Config, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
+    """``config`` with task settings changed by ``env.settings.KEY=VALUE`` strings (``--set`` syntax),
+    and the changes as nested data. Only task settings: the policy and training settings are the
+    checkpoint's, so any other key is a one-line error."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith(TASK_SETTING) or key == TASK_SETTING:
+            raise ConfigError(
+                f"--set {item!r}: a trained policy is evaluated with changed task settings only ({TASK_SETTING}"
+                "KEY=VALUE, e.g. --set env.settings.goal_norm=1); its other settings are the checkpoint's"
+            )
+    changed = apply_overrides({}, overrides)["env"]["settings"]
+    changed_config = build_config(apply_overrides(config.to_dict(), overrides))
+    changed_config.validate()
+    return changed_config, changed
+
+
+def _check_same_spaces(trained: envs.TaskDistribution, changed: envs.TaskDistribution, what: str) -> None:
+    """The trained policy takes the changed tasks' observations and acts in their action space."""
+    for name, (before, after) in zip(("observation", "action"), zip(space_dims(trained), space_dims(changed))):
+        if before != after:
+            raise ConfigError(
+                f"{what} changes the {name} size from {before} to {after}; the trained policy needs {before}"
+            )
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None, task_settings: list[str] | None = None
+) -> LoadedRun:
+    """Load a run directory's newest checkpoint (or the given one) on the CPU. ``task_settings``
+    (``["env.settings.goal_norm=1"]``) evaluates the trained policy on changed tasks: another reward
+    definition, a wider task range, a longer horizon; the observation and action sizes must stay."""
     saved = RunDirectory(run_dir).load(checkpoint)
     config = saved.config
     try:
         distribution = make_distribution(config.env)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {str(saved.path)!r} holds a config caml-rl rejects: {exc}") from None
+    changed: dict[str, Any] = {}
+    if task_settings:
+        trained = distribution
+        config, changed = with_task_settings(config, task_settings)
+        distribution = make_distribution(config.env)
+        _check_same_spaces(trained, distribution, "--set " + " ".join(task_settings))
     algorithm = algorithm_class(config.algorithm)
     policy = algorithm.make_policy(config, distribution.observation_space, distribution.action_space)
     saved.load_policy(policy)
     policy.eval()
     partition = algorithm.partition_of(config, policy)
-    return LoadedRun(config, policy, distribution, partition, saved.iteration, Path(run_dir))
+    return LoadedRun(config, policy, distribution, partition, saved.iteration, Path(run_dir), task_settings=changed)

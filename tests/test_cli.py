@@ -58,6 +58,47 @@ def test_train_evaluate_resume(tmp_path, capsys):
     assert result["adapt"] == "context" and result["iteration"] == 3 and result["env"] == "navigation2d"
 
 
+def test_evaluate_on_changed_task_settings(tmp_path, capsys):
+    """``evaluate --set env.settings.KEY=VALUE`` evaluates the trained policy on other tasks (here goals
+    four times farther out), records the change, and is never compared with the run's own eval.json."""
+    out = tmp_path / "run"
+    main(["train", *SMALL, "--iterations", "1", "--out", str(out)])
+    wider = ["--set", "env.settings.goal_low=-2", "--set", "env.settings.goal_high=2"]
+    capsys.readouterr()
+    main(["evaluate", str(out), "--tasks", "4", *wider, "--out", str(out / "eval_wide.json")])
+    text = capsys.readouterr().out
+    assert "task settings changed: {'goal_low': -2, 'goal_high': 2}" in text
+    assert "not compared with" in text and "task_settings" in text
+    wide, trained = (json.loads((out / name).read_text()) for name in ("eval_wide.json", "eval.json"))
+    assert wide["task_settings"] == {"goal_low": -2, "goal_high": 2} and trained["task_settings"] == {}
+    assert max(abs(x) for task in wide["tasks"] for x in task) > 0.5  # goals outside the trained range
+    assert max(abs(x) for task in trained["tasks"] for x in task) <= 0.5
+
+
+def test_evaluate_changes_task_settings_only(tmp_path):
+    out = tmp_path / "run"
+    main(["train", *SMALL, "--iterations", "1", "--out", str(out), "--no-eval"])
+    for item, fragment in (
+        ("policy.hidden_sizes=[4]", "changed task settings only"),
+        ("env.settings=3", "changed task settings only"),
+        ("env.settings.goal_radius=-1", "goal_radius"),
+        ("env.settings.no_such_setting=1", "no_such_setting"),
+    ):
+        assert_one_line_error(run_cli("evaluate", str(out), "--set", item, "--out", str(tmp_path / "x.json")), fragment)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_task_setting_that_changes_the_observation_is_refused(tmp_path):
+    from caml_rl.config import ConfigError
+    from caml_rl.runs import load_run
+
+    out = tmp_path / "run"
+    cheetah = ["--set", "env.name=halfcheetah_vel", "--set", "env.settings.observe_torso_com=false"]
+    main(["train", *SMALL, *cheetah, "--iterations", "1", "--out", str(out), "--no-eval"])
+    with pytest.raises(ConfigError, match="changes the observation size from 17 to 20; the trained policy needs 17"):
+        load_run(out, task_settings=["env.settings.observe_torso_com=true"])
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", *SMALL, "--iterations", "1", "--out", str(out), "--no-eval"])
