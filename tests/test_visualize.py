@@ -104,6 +104,26 @@ def test_cli_with_a_given_task(nav_run, tmp_path, capsys):
     assert capsys.readouterr().out.count("wrote ") == 4
 
 
+def test_cli_on_changed_task_settings(nav_run, tmp_path, monkeypatch):
+    """--set env.settings.KEY=VALUE shows the trained policy on other tasks: goals outside the trained range."""
+    import caml_rl.visualize
+
+    shown = []
+
+    def recording(run, **kwargs):
+        shown.append(run)
+        return original(run, **kwargs)
+
+    original = caml_rl.visualize.visualize
+    monkeypatch.setattr(caml_rl.visualize, "visualize", recording)
+    args = parse(str(nav_run), "--tasks", "2", "--set", "env.settings.goal_low=2", "--set", "env.settings.goal_high=3")
+    args.episodes, args.steps, args.out = 2, [0], str(tmp_path / "out")
+    assert "task00_navigation.png" in {p.name for p in cmd_visualize(args)}
+    (run,) = shown
+    assert (run.distribution.goal_low, run.distribution.goal_high) == (2, 3)
+    assert run.task_settings == {"goal_low": 2, "goal_high": 3}
+
+
 def test_maml_run_skips_the_embedding(tmp_path):
     run_dir = train(tmp_path / "maml", [*NAV, "iterations=1", "adaptation.partition=all", "policy.context_size=0"])
     notices = []
@@ -128,6 +148,7 @@ def test_maml_run_skips_the_embedding(tmp_path):
         (["--tasks", "0"], ValueError, ["--tasks 0", ">= 1"]),
         (["--steps", "0", "-1"], ValueError, ["--steps -1", "from 0 to 50"]),
         (["--tasks", "2", "--task", "goal_x=1"], ValueError, ["either --tasks", "not both"]),
+        (["--set", "policy.hidden_sizes=[4]"], ValueError, ["changed task settings only", "checkpoint's"]),
     ],
 )
 def test_user_errors_are_one_line(nav_run, tmp_path, argv, exc, fragments):
