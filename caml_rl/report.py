@@ -94,6 +94,11 @@ def check_comparable(g: RunGroup) -> None:
                 f"{where} were evaluated with {steps[0] - 1} and {steps[1] - 1} inner steps; "
                 "re-evaluate them alike (rows average equal runs)"
             )
+        if (ev.get("task_settings") or {}) != (first.get("task_settings") or {}):  # absent in files before it
+            raise ConfigError(
+                f"{where} were evaluated on different task settings ({ev.get('task_settings') or {}!r} vs "
+                f"{first.get('task_settings') or {}!r}); a row averages runs that differ only in their seed"
+            )
         for key in SAME_EVAL:
             if ev.get(key) != first.get(key):
                 raise ConfigError(
@@ -160,6 +165,12 @@ def episodes_seen(evaluation: dict) -> list[int]:
     return [k * int(evaluation.get("episodes_per_task", 0)) for k in range(len(evaluation["task_returns"]))]
 
 
+def _env_label(ev: dict) -> str:
+    """The evaluated task distribution, with the task settings changed from the trained ones if any."""
+    changed = ev.get("task_settings") or {}
+    return ev["env"] + "".join(f" {key}={value}" for key, value in changed.items())
+
+
 def group_row(g: RunGroup, steps: int) -> dict:
     """One table row: per inner step the pooled mean, its interval over the pooled tasks and, for
     several seeds, its interval over the seeds' means."""
@@ -178,7 +189,7 @@ def group_row(g: RunGroup, steps: int) -> dict:
     last = [_row_at(p, e["iteration"]) for p, e in zip(g.progress, g.evals) if p]
     return {
         "label": g.label,
-        "env": g.evals[0]["env"],
+        "env": _env_label(g.evals[0]),
         "adapt": g.evals[0]["adapt"],
         "seeds": len(g.runs),
         "tasks": sum(e["num_tasks"] for e in g.evals),

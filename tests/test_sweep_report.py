@@ -129,6 +129,20 @@ def test_report_rows_average_only_runs_that_differ_in_their_seed(suite, tmp_path
     assert json.loads((out / "results.json").read_text())[0]["seeds"] == 2
     with pytest.raises(ConfigError, match="--eval '../x.json' must be a .json file name"):
         report([root / "nav/caml_seed0"], out, eval_name="../x.json")
+    # evaluations on changed task settings (evaluate --set env.settings...) pool only with the same change,
+    # and the table names it; a file from before task_settings was recorded pools with an unchanged one
+    wide = {**evaluated, "task_settings": {"goal_high": 2}}
+    (root / "nav/caml_seed0/eval_wide.json").write_text(json.dumps(wide))
+    (root / "nav/caml_seed1/eval_wide.json").write_text(json.dumps({**wide, "task_settings": {}}))
+    with pytest.raises(ConfigError, match=r"different task settings \(\{'goal_high': 2\} vs \{\}\)"):
+        report([root / "nav/caml_seed1", root / "nav/caml_seed0"], out, eval_name="eval_wide.json")
+    (root / "nav/caml_seed1/eval_wide.json").write_text(json.dumps(wide))
+    report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out, eval_name="eval_wide.json")
+    assert json.loads((out / "results.json").read_text())[0]["env"] == "navigation2d goal_high=2"
+    unrecorded = {k: v for k, v in evaluated.items() if k != "task_settings"}
+    (root / "nav/caml_seed1/eval_old.json").write_text(json.dumps(unrecorded))
+    (root / "nav/caml_seed0/eval_old.json").write_text(json.dumps({**unrecorded, "task_settings": {}}))
+    report([root / "nav/caml_seed0", root / "nav/caml_seed1"], out, eval_name="eval_old.json")
 
 
 def test_bad_suites_and_report_inputs(tmp_path, capsys):
