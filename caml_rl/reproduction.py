@@ -115,11 +115,14 @@ def policy_digest(policy: torch.nn.Module) -> str:
 
 
 # an evaluation reproduces another only with the same checkpoint, test tasks and adaptation settings
-SAME_SETTINGS = ("env", "task_settings", "adapt", "iteration", "num_tasks", "episodes_per_task", "inner_lr", "seed")
+SAME_SETTINGS = ("env", "adapt", "iteration", "num_tasks", "episodes_per_task", "inner_lr", "seed")
 
 
 def settings_difference(committed: dict[str, Any], result: dict[str, Any]) -> str | None:
     """None when a re-evaluation used the committed file's checkpoint, tasks and settings; else which differs."""
+    changed = (committed.get("task_settings") or {}, result.get("task_settings") or {})  # absent: none changed
+    if changed[0] != changed[1]:
+        return f"evaluated with task_settings={changed[1]!r}, the committed file with {changed[0]!r}"
     for key in SAME_SETTINGS:
         if key in committed and committed[key] != result.get(key):
             return f"evaluated with {key}={result.get(key)!r}, the committed file with {committed[key]!r}"

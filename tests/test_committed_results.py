@@ -64,6 +64,10 @@ def committed(run: str) -> dict:
         pytest.param("ant_dir/caml_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_oracle_seed0", marks=pytest.mark.slow),
+        pytest.param("halfcheetah_dynamics/ppo_seed0", marks=pytest.mark.slow),
+        pytest.param("halfcheetah_dynamics/ppo_oracle_seed0", marks=pytest.mark.slow),
+        pytest.param("ant_goal/ppo_seed0", marks=pytest.mark.slow),
+        pytest.param("ant_goal/ppo_oracle_seed0", marks=pytest.mark.slow),
     ],
 )
 def test_evaluate_reproduces_the_committed_table_row(run):
@@ -115,6 +119,13 @@ def test_same_machine_means_bit_identical(tmp_path):
     del older["machine"]["versions"]["caml_rl_numerics"]
     assert machine_difference(older["machine"], machine_record()) == f"caml_rl_numerics ? -> {NUMERICS}"
     assert disagreements({**nudged, "machine": older["machine"]}, again) == []
+    # an evaluation on changed task settings is never held to a file of the trained ones, nor the reverse, even
+    # one written before task_settings was recorded (no key: no change)
+    changed = {**again, "task_settings": {"goal_high": 2}}
+    unrecorded = {k: v for k, v in first.items() if k != "task_settings"}
+    for committed, result in ((first, changed), (unrecorded, changed), (changed, again)):
+        assert disagreements(committed, result)[0].startswith("evaluated with task_settings=")
+    assert disagreements(unrecorded, again) == []
 
 
 def test_evaluate_says_when_the_committed_file_comes_from_another_machine(tmp_path, capsys):
