@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, atomic_write_text, check_out_path, read
 from .config import ConfigError
 from .config_loading import build_config
 from .evaluation import mean_ci95
+from .reproduction import changed_task_settings
 from .run_directory import first_mapping_difference
 from .visualize.curves import draw_returns, progress_column
 
@@ -94,10 +95,11 @@ def check_comparable(g: RunGroup) -> None:
                 f"{where} were evaluated with {steps[0] - 1} and {steps[1] - 1} inner steps; "
                 "re-evaluate them alike (rows average equal runs)"
             )
-        if (ev.get("task_settings") or {}) != (first.get("task_settings") or {}):  # absent in files before it
+        changed = (changed_task_settings(ev), changed_task_settings(first))
+        if changed[0] != changed[1]:
             raise ConfigError(
-                f"{where} were evaluated on different task settings ({ev.get('task_settings') or {}!r} vs "
-                f"{first.get('task_settings') or {}!r}); a row averages runs that differ only in their seed"
+                f"{where} were evaluated on different task settings ({changed[0]!r} vs {changed[1]!r}); "
+                "a row averages runs that differ only in their seed"
             )
         for key in SAME_EVAL:
             if ev.get(key) != first.get(key):
@@ -167,8 +169,7 @@ def episodes_seen(evaluation: dict) -> list[int]:
 
 def _env_label(ev: dict) -> str:
     """The evaluated task distribution, with the task settings changed from the trained ones if any."""
-    changed = ev.get("task_settings") or {}
-    return ev["env"] + "".join(f" {key}={value}" for key, value in changed.items())
+    return ev["env"] + "".join(f" {key}={value}" for key, value in changed_task_settings(ev).items())
 
 
 def group_row(g: RunGroup, steps: int) -> dict:

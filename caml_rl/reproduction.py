@@ -118,9 +118,14 @@ def policy_digest(policy: torch.nn.Module) -> str:
 SAME_SETTINGS = ("env", "adapt", "iteration", "num_tasks", "episodes_per_task", "inner_lr", "seed")
 
 
+def changed_task_settings(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The task settings an evaluation file changed from the trained ones; files from before the field changed none."""
+    return evaluation.get("task_settings") or {}
+
+
 def settings_difference(committed: dict[str, Any], result: dict[str, Any]) -> str | None:
     """None when a re-evaluation used the committed file's checkpoint, tasks and settings; else which differs."""
-    changed = (committed.get("task_settings") or {}, result.get("task_settings") or {})  # absent: none changed
+    changed = (changed_task_settings(committed), changed_task_settings(result))
     if changed[0] != changed[1]:
         return f"evaluated with task_settings={changed[1]!r}, the committed file with {changed[0]!r}"
     for key in SAME_SETTINGS:
