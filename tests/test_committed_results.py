@@ -63,6 +63,8 @@ def committed(run: str) -> dict:
         # Paper-scale Ant rows: each re-evaluation is 0.6M Ant env steps plus fine-tuning (2-5 minutes on one
         # core), so they run with -m slow and keep the default suite within CI's 20 minutes.
         pytest.param("ant_dir/caml_seed0", marks=pytest.mark.slow),
+        pytest.param("ant_dir/maml_seed0", marks=pytest.mark.slow),
+        pytest.param("halfcheetah_dynamics/caml_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_oracle_seed0", marks=pytest.mark.slow),
         pytest.param("halfcheetah_dynamics/ppo_seed0", marks=pytest.mark.slow),
