@@ -60,8 +60,8 @@ def committed(run: str) -> dict:
         "navigation/pearl_seed1",
         "navigation/pearl_seed2",
         "ant_dir_sweep/caml_lr30_seed0",
-        # Paper-scale Ant rows: each re-evaluation is 0.6M Ant env steps plus fine-tuning (2-5 minutes on one
-        # core), so they run with -m slow and keep the default suite within CI's 20 minutes.
+        # Paper-scale Ant and HalfCheetah-dynamics rows: each re-evaluation is 0.6M env steps plus fine-tuning
+        # (2-5 minutes on one core), so they run with -m slow and keep the default suite within CI's 20 minutes.
         pytest.param("ant_dir/caml_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/maml_seed0", marks=pytest.mark.slow),
         pytest.param("halfcheetah_dynamics/caml_seed0", marks=pytest.mark.slow),
