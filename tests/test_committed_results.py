@@ -66,6 +66,7 @@ def committed(run: str) -> dict:
         pytest.param("ant_dir/maml_seed0", marks=pytest.mark.slow),
         pytest.param("halfcheetah_dynamics/caml_seed0", marks=pytest.mark.slow),
         pytest.param("halfcheetah_dynamics/maml_seed0", marks=pytest.mark.slow),
+        pytest.param("halfcheetah_dynamics/caml_noadapt_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_seed0", marks=pytest.mark.slow),
         pytest.param("ant_dir/ppo_oracle_seed0", marks=pytest.mark.slow),
         pytest.param("halfcheetah_dynamics/ppo_seed0", marks=pytest.mark.slow),
