@@ -25,7 +25,9 @@ device: cpu
 torch_threads: 1
 iterations: 2
 """
-LONG = SMALL.replace("iterations: 2", "iterations: 80\ncheckpoint_every: 1\ncheckpoint_keep: 2")
+# Long enough that a run killed or interrupted mid-way cannot finish first, however far it got before the kill.
+N = 400
+LONG = SMALL.replace("iterations: 2", f"iterations: {N}\ncheckpoint_every: 1\ncheckpoint_keep: 2")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the runs' processes in /proc")
 
@@ -145,7 +147,7 @@ def test_ray_sweep_fails_one_loses_a_worker_resumes_it_and_cancels_on_ctrl_c(ray
     assert "failed (2)  nav/bad: caml-rl: error: cannot use" in out and "checkpoints': File exists" in out
     assert "failed (ray: " in out
     assert json.loads((root / "nav/ok/eval.json").read_text())["iteration"] == 2
-    status, first = run_status(root / "nav/long", 80)
+    status, first = run_status(root / "nav/long", N)
     assert status == "partial" and first >= 1
 
     # Ctrl-C on a sweep connected to the cluster cancels its task; the checkpoints stay
@@ -162,20 +164,20 @@ def test_ray_sweep_fails_one_loses_a_worker_resumes_it_and_cancels_on_ctrl_c(ray
     output = cli.communicate(timeout=120)[0]
     assert cli.returncode == 130, output
     wait_for(lambda: pid is None or gone(pid), 60)
-    status, at = run_status(root / "nav/long", 80)
+    status, at = run_status(root / "nav/long", N)
     assert status == "partial" and at > first  # the newest checkpoint loads
 
     # the next sweep skips the finished run, resumes the partial one and leaves the failed one failing
     (root / "nav/bad/checkpoints").unlink()
     assert sweep(suite, launcher=RayLauncher()) == {"nav/ok": "done", "nav/bad": "done", "nav/long": "done"}
     out = capsys.readouterr().out
-    assert "    done  nav/ok\n" in out and f" partial  nav/long  (checkpoint {at}/80)" in out
-    assert f"--resume {root / 'nav/long'} --iterations 80" in out
+    assert "    done  nav/ok\n" in out and f" partial  nav/long  (checkpoint {at}/{N})" in out
+    assert f"--resume {root / 'nav/long'} --iterations {N}" in out
     record = json.loads((root / "nav/long/run.json").read_text())
     assert [r["iteration"] for r in record["resumes"]] == [first, at]
-    assert json.loads((root / "nav/long/eval.json").read_text())["iteration"] == 80
+    assert json.loads((root / "nav/long/eval.json").read_text())["iteration"] == N
     log = (root / "nav/long/train.log").read_text()
-    assert log.count("iter    1/80") == 1 and "iter   80/80" in log  # one log, appended across the three tries
+    assert log.count(f"iter    1/{N}") == 1 and f"iter  {N}/{N}" in log  # one log, appended across the three tries
 
 
 @pytest.mark.ray
@@ -214,7 +216,7 @@ def test_slurm_jobs_requeue_on_time_out_and_resume(tmp_path, capsys):
     assert "nav/bad: caml-rl: error: cannot use" in out
     record = json.loads((root / "nav/long/run.json").read_text())
     assert len(record["resumes"]) == 1 and record["resumes"][0]["iteration"] >= 1
-    assert json.loads((root / "nav/long/eval.json").read_text())["iteration"] == 80
+    assert json.loads((root / "nav/long/eval.json").read_text())["iteration"] == N
     assert gone(pid)
     logs = "".join(p.read_text() for p in (tmp_path / "jobs").rglob("*_log.*"))
     assert "timed-out" in logs and "Requeued job" in logs  # submitit's own account of the requeue
@@ -250,5 +252,5 @@ def test_slurm_ctrl_c_cancels_the_jobs_and_keeps_the_checkpoints(tmp_path):
         sweep(suite, launcher=SlurmLauncher(tmp_path / "jobs", cluster="local", time=5))
     # the job is cancelled and its training stops with it (it dies with its job process)
     wait_for(lambda: gone(seen["pid"]), 60)
-    status, at = run_status(root / "nav/long", 80)
+    status, at = run_status(root / "nav/long", N)
     assert status == "partial" and at >= 1  # the newest checkpoint loads: the next sweep resumes it
