@@ -160,7 +160,13 @@ def test_ray_sweep_fails_one_loses_a_worker_resumes_it_and_cancels_on_ctrl_c(ray
     )
     wait_for(lambda: newest_checkpoint(root / "nav/long") > first)
     pid = training_pid(root / "nav/long")
-    cli.send_signal(signal.SIGINT)
+    for _ in range(3):  # as a user presses Ctrl-C again: on a loaded CI machine the first one was once not seen
+        cli.send_signal(signal.SIGINT)
+        try:
+            cli.wait(5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
     output = cli.communicate(timeout=120)[0]
     assert cli.returncode == 130, output
     wait_for(lambda: pid is None or gone(pid), 60)
