@@ -2,6 +2,7 @@
 the real engines, tiny 2D-navigation runs. Marked ``ray`` / ``slurm`` (deselected by default); CI
 runs them in .ci/ray and .ci/slurm after installing each extra."""
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ device: cpu
 torch_threads: 1
 iterations: 2
 """
-# Long enough that a run killed or interrupted mid-way cannot finish first, however far it got before the kill.
+# Long enough that the run is still going when the Ctrl-C check below presses Ctrl-C a second or third time.
 N = 400
 LONG = SMALL.replace("iterations: 2", f"iterations: {N}\ncheckpoint_every: 1\ncheckpoint_keep: 2")
 
@@ -160,13 +161,14 @@ def test_ray_sweep_fails_one_loses_a_worker_resumes_it_and_cancels_on_ctrl_c(ray
     )
     wait_for(lambda: newest_checkpoint(root / "nav/long") > first)
     pid = training_pid(root / "nav/long")
-    for _ in range(3):  # as a user presses Ctrl-C again: on a loaded CI machine the first one was once not seen
+    # As a user presses Ctrl-C again: on a loaded CI machine a single SIGINT was twice not seen (not yet explained;
+    # RayLauncher.wait polls every 2 s). Each press waits up to 5 s for the sweep to exit.
+    for _ in range(3):
         cli.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             cli.wait(5)
+        if cli.poll() is not None:
             break
-        except subprocess.TimeoutExpired:
-            pass
     output = cli.communicate(timeout=120)[0]
     assert cli.returncode == 130, output
     wait_for(lambda: pid is None or gone(pid), 60)
