@@ -7,10 +7,13 @@ where the last working session stopped.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -198,32 +201,60 @@ def sweep(
     running: dict[object, tuple[SuiteRun, Path, int, int, float]] = {}
     failed = []
     shown = time.monotonic()
-    try:
-        while todo or running:
-            while todo and len(running) < launcher.capacity:
-                run, run_dir, st, iterations, at = todo.pop(0)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                cmd = command_for(run, run_dir, st)
-                print(f"starting {run.name}: {' '.join(cmd[1:])}{launcher.where(run)}", flush=True)
-                running[launcher.submit(run, run_dir, st)] = (run, run_dir, iterations, at, time.monotonic())
-            for handle, outcome in launcher.wait(list(running), timeout=2.0):
-                run, run_dir, *_ = running.pop(handle)
-                ok = outcome == 0
-                status[run.name] = "done" if ok else f"failed ({outcome})"
-                why = "" if ok else f": {last_line(run_dir / 'train.log')}"
-                print(f"{status[run.name]:>8}  {run.name}{why}", flush=True)
-                if not ok:
-                    failed.append(run.name)
-            if running and time.monotonic() - shown >= progress_every:
-                shown = time.monotonic()
-                for run, run_dir, iterations, at, started in running.values():
-                    print(progress_line(run.name, run_dir, iterations, at, started), flush=True)
-    except KeyboardInterrupt:
-        launcher.cancel(list(running))  # each run keeps its checkpoints; the next sweep resumes it
-        raise
+    with _remembered_ctrl_c() as pressed:
+        try:
+            while todo or running:
+                while todo and len(running) < launcher.capacity:
+                    run, run_dir, st, iterations, at = todo.pop(0)
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    cmd = command_for(run, run_dir, st)
+                    print(f"starting {run.name}: {' '.join(cmd[1:])}{launcher.where(run)}", flush=True)
+                    running[launcher.submit(run, run_dir, st)] = (run, run_dir, iterations, at, time.monotonic())
+                for handle, outcome in launcher.wait(list(running), timeout=2.0):
+                    run, run_dir, *_ = running.pop(handle)
+                    ok = outcome == 0
+                    status[run.name] = "done" if ok else f"failed ({outcome})"
+                    why = "" if ok else f": {last_line(run_dir / 'train.log')}"
+                    print(f"{status[run.name]:>8}  {run.name}{why}", flush=True)
+                    if not ok:
+                        failed.append(run.name)
+                if pressed.is_set():
+                    raise KeyboardInterrupt
+                if running and time.monotonic() - shown >= progress_every:
+                    shown = time.monotonic()
+                    for run, run_dir, iterations, at, started in running.values():
+                        print(progress_line(run.name, run_dir, iterations, at, started), flush=True)
+        except KeyboardInterrupt:
+            launcher.cancel(list(running))  # each run keeps its checkpoints; the next sweep resumes it
+            raise
     if failed:
         raise SweepError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their train.log")
     return status
+
+
+@contextlib.contextmanager
+def _remembered_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt as always and is also remembered, so the sweep loop raises it
+    again after the launcher's wait. An engine can swallow the exception where the signal lands (one
+    raised inside a finalizer or an engine's callback is only printed): on a loaded CI machine a
+    sweep on a Ray cluster twice ran on to the end after one Ctrl-C. Only in the main thread, and
+    only over Python's own handler: a program that set its own keeps it."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield pressed
+        return
+
+    def handler(signum, frame):
+        pressed.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def last_line(log: Path) -> str:

@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from caml_rl.checkpoint import CheckpointError
 from caml_rl.cli import main
 from caml_rl.config import ConfigError, load_config
 from caml_rl.report import report
-from caml_rl.sweep import SweepError, load_suite, sweep
+from caml_rl.sweep import Launcher, SweepError, load_suite, sweep
 
 SMALL = """
 meta_batch_size: 3
@@ -299,3 +302,36 @@ def test_a_dry_run_with_a_cluster_flag_needs_neither_the_extra_nor_the_cluster(s
     for flag in ("--ray", "--slurm"):
         main(["sweep", str(suite), flag, "--dry-run", "--only", "nav/caml*"])
         assert capsys.readouterr().out == "     new  nav/caml_seed0\n     new  nav/caml_seed1\n"
+
+
+class SwallowingLauncher(Launcher):
+    """An engine whose blocking wait swallows a KeyboardInterrupt raised inside it, as a Ray driver
+    can; its runs would finish after 40 waits. Ctrl-C comes during the first wait."""
+
+    def __init__(self):
+        self.waits, self.cancelled = 0, []
+
+    def submit(self, run, run_dir, status):
+        return run.name
+
+    def wait(self, handles, timeout):
+        self.waits += 1
+        try:  # Python runs the signal handler here, in the main thread
+            if self.waits == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+        return [(h, 0) for h in handles] if self.waits >= 40 else []
+
+    def cancel(self, handles):
+        self.cancelled += handles
+
+
+def test_one_ctrl_c_stops_a_sweep_even_where_the_engine_swallows_it(suite):
+    launcher = SwallowingLauncher()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(suite, launcher=launcher)
+    assert launcher.waits == 1  # the next turn of the loop, not the end of the runs
+    assert launcher.cancelled == ["nav/caml_seed0", "nav/caml_seed1", "nav/maml"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
