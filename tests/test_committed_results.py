@@ -44,6 +44,7 @@ def committed(run: str) -> dict:
         "halfcheetah_vel_scaled/caml_seed2",
         "halfcheetah_vel_scaled/caml_promp_seed0",
         "halfcheetah_vel_scaled/caml_lr10_seed0",
+        "halfcheetah_vel_scaled/caml_lr10_seed1",
         "halfcheetah_dir_peer/peer_seed1",
         "navigation_outer/ppo_seed0",
         "navigation_outer/promp_seed0",
