@@ -330,8 +330,13 @@ class SwallowingLauncher(Launcher):
 
 def test_one_ctrl_c_stops_a_sweep_even_where_the_engine_swallows_it(suite):
     launcher = SwallowingLauncher()
-    with pytest.raises(KeyboardInterrupt):
-        sweep(suite, launcher=launcher)
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh process (the CLI's)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep(suite, launcher=launcher)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    finally:
+        if earlier is not None:
+            signal.signal(signal.SIGINT, earlier)
     assert launcher.waits == 1  # the next turn of the loop, not the end of the runs
     assert launcher.cancelled == ["nav/caml_seed0", "nav/caml_seed1", "nav/maml"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
