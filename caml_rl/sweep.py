@@ -236,8 +236,7 @@ def sweep(
 def _remembered_ctrl_c():
     """Ctrl-C raises KeyboardInterrupt as always and is also remembered, so the sweep loop raises it
     again after the launcher's wait. An engine can swallow the exception where the signal lands (one
-    raised inside a finalizer or an engine's callback is only printed): on a loaded CI machine a
-    sweep on a Ray cluster twice ran on to the end after one Ctrl-C. Only in the main thread, and
+    raised inside a finalizer or an engine's callback is only printed). Only in the main thread, and
     only over Python's own handler: a program that set its own keeps it."""
     pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread() or (

@@ -158,6 +158,8 @@ def test_ray_sweep_fails_one_loses_a_worker_resumes_it_and_cancels_on_ctrl_c(ray
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as from a terminal: a shell's background job (CI started with &) ignores SIGINT, and its children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(lambda: newest_checkpoint(root / "nav/long") > first)
     pid = training_pid(root / "nav/long")
