@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -316,12 +317,10 @@ class SwallowingLauncher(Launcher):
 
     def wait(self, handles, timeout):
         self.waits += 1
-        try:  # Python runs the signal handler here, in the main thread
+        with contextlib.suppress(KeyboardInterrupt):  # swallowed: Python runs the handler here, in the main thread
             if self.waits == 1:
                 os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-        except KeyboardInterrupt:
-            pass
         return [(h, 0) for h in handles] if self.waits >= 40 else []
 
     def cancel(self, handles):
